@@ -1,0 +1,1038 @@
+//! The broker's state: its identity, the topic registry, partitions with their logs, producer
+//! ids, and the background work (retention, interval fsync).
+//!
+//! Protocol handlers call into this module; it knows nothing of the wire format. Everything
+//! here is synchronous except waiting for durability, so tests can drive it directly.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use thiserror::Error;
+use tokio::sync::{watch, Notify};
+use uuid::Uuid;
+
+use crate::batch::{self, BatchError, BatchHeader};
+use crate::config::{ConfigError, TopicConfig};
+use crate::durability::FsyncPolicy;
+use crate::fsutil::{parse_properties, sync_dir, write_atomic};
+use crate::log::{LogError, PartitionLog};
+use crate::producer_state::{ProducerStateTable, SequenceError, SequenceVerdict};
+
+/// Largest partition count one request may create, to keep a typo from opening a million files.
+pub const MAX_PARTITIONS: i32 = 10_000;
+/// The leader epoch of every partition: a single broker never changes leader.
+pub const LEADER_EPOCH: i32 = 0;
+const PRODUCER_ID_BLOCK: i64 = 1000;
+
+/// Settings of one broker process.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub data_dir: PathBuf,
+    pub node_id: i32,
+    /// None: reuse the one stored in the data dir, or generate one.
+    pub cluster_id: Option<String>,
+    pub advertised_host: String,
+    pub advertised_port: i32,
+    pub fsync: FsyncPolicy,
+    pub auto_create_topics: bool,
+    pub default_partitions: i32,
+    pub retention_check_interval: Duration,
+}
+
+impl BrokerConfig {
+    pub fn new(data_dir: PathBuf, advertised_host: String, advertised_port: i32) -> Self {
+        BrokerConfig {
+            data_dir,
+            node_id: 1,
+            cluster_id: None,
+            advertised_host,
+            advertised_port,
+            fsync: FsyncPolicy::Always,
+            auto_create_topics: true,
+            default_partitions: 1,
+            retention_check_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Failures of broker operations, each mapped to a Kafka error code by the protocol layer.
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("data directory {0}: {1}")]
+    DataDir(PathBuf, String),
+    #[error("partition log {0}: {1}")]
+    Log(String, #[source] LogError),
+    #[error("topic `{0}` already exists")]
+    TopicExists(String),
+    #[error("topic `{0}` does not exist")]
+    UnknownTopic(String),
+    #[error("partition {1} of topic `{0}` does not exist")]
+    UnknownPartition(String, i32),
+    #[error("invalid topic name `{0}`: {1}")]
+    InvalidTopic(String, &'static str),
+    #[error("{0}")]
+    InvalidPartitions(String),
+    #[error("replication factor {0} is impossible on a single-broker cluster (use 1 or -1)")]
+    InvalidReplicationFactor(i16),
+    #[error("invalid replica assignment: {0}")]
+    InvalidReplicaAssignment(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("invalid record batch: {0}")]
+    InvalidBatch(#[from] BatchError),
+    #[error("record batch of {size} bytes exceeds max.message.bytes={max}")]
+    BatchTooLarge { size: usize, max: usize },
+    #[error("producers may not write control batches")]
+    ControlBatchFromClient,
+    #[error("transactional produce is not implemented by Strait yet")]
+    TransactionsUnsupported,
+    #[error("out of order sequence number: expected {expected}, got {got}")]
+    OutOfOrderSequence { expected: i32, got: i32 },
+    #[error("producer epoch {got} is older than the current epoch {current}")]
+    InvalidProducerEpoch { current: i16, got: i16 },
+    #[error("partition is offline after a storage failure: {0}")]
+    StorageFailed(String),
+}
+
+impl BrokerError {
+    fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BrokerError {
+        let context = context.into();
+        move |source| BrokerError::Io { context, source }
+    }
+}
+
+/// Milliseconds since the Unix epoch (the broker's clock for timestamps and retention).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Kafka's legal topic names: 1..=249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub fn validate_topic_name(name: &str) -> Result<(), BrokerError> {
+    let invalid = |why| Err(BrokerError::InvalidTopic(name.to_string(), why));
+    if name.is_empty() {
+        return invalid("it is empty");
+    }
+    if name == "." || name == ".." {
+        return invalid("`.` and `..` are not allowed");
+    }
+    if name.len() > 249 {
+        return invalid("it is longer than 249 characters");
+    }
+    if !name
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-')
+    {
+        return invalid("only ASCII letters, digits, `.`, `_` and `-` are allowed");
+    }
+    Ok(())
+}
+
+/// The log and the producer table of a partition change together, under one lock.
+struct PartitionState {
+    log: PartitionLog,
+    producers: ProducerStateTable,
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub base_offset: i64,
+    /// One past the last offset of the batch: acks=-1 waits until this is durable.
+    pub end_offset: i64,
+    /// The broker's timestamp for LogAppendTime topics, else -1.
+    pub log_append_time_ms: i64,
+    pub log_start_offset: i64,
+    pub duplicate: bool,
+}
+
+/// Offsets of a partition as ListOffsets/Fetch report them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    pub log_start_offset: i64,
+    pub high_watermark: i64,
+    pub log_end_offset: i64,
+}
+
+/// One partition: its log, the durable high watermark, and group-commit state.
+pub struct Partition {
+    pub topic: String,
+    pub index: i32,
+    state: Mutex<PartitionState>,
+    /// Offset below which every record is durable under the fsync policy; what consumers see.
+    high_watermark: AtomicI64,
+    hw_tx: watch::Sender<i64>,
+    sync_in_flight: Mutex<bool>,
+    failure: Mutex<Option<String>>,
+}
+
+impl Partition {
+    fn open(topic: &str, index: i32, dir: &Path, config: &TopicConfig) -> Result<Self, BrokerError> {
+        let (log, report) = PartitionLog::open(dir, config.log_config())
+            .map_err(|e| BrokerError::Log(format!("{topic}-{index}"), e))?;
+        if report.truncated_bytes > 0 {
+            tracing::warn!(
+                topic,
+                partition = index,
+                truncated_bytes = report.truncated_bytes,
+                quarantine = ?report.quarantine_file,
+                "recovered partition log: truncated an invalid tail"
+            );
+        }
+        let mut producers = ProducerStateTable::default();
+        log.scan_headers(log.log_start_offset(), &mut |h| producers.record(h))
+            .map_err(|e| BrokerError::Log(format!("{topic}-{index}"), e))?;
+        // Everything that survived recovery is on disk; after a crash the tail that was not
+        // fsynced may be gone, but what is here now is what we serve.
+        let end = log.log_end_offset();
+        let (hw_tx, _) = watch::channel(end);
+        Ok(Partition {
+            topic: topic.to_string(),
+            index,
+            state: Mutex::new(PartitionState { log, producers }),
+            high_watermark: AtomicI64::new(end),
+            hw_tx,
+            sync_in_flight: Mutex::new(false),
+            failure: Mutex::new(None),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PartitionState> {
+        // A panic while holding the lock is a bug; the state itself stays consistent because
+        // every mutation is a single log call.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check_online(&self) -> Result<(), BrokerError> {
+        match &*self.failure.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(reason) => Err(BrokerError::StorageFailed(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&self, reason: String) {
+        tracing::error!(topic = %self.topic, partition = self.index, %reason, "partition taken offline");
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+        // Wake waiters so they see the failure.
+        self.hw_tx.send_modify(|_| {});
+    }
+
+    fn name(&self) -> String {
+        format!("{}-{}", self.topic, self.index)
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark.load(Ordering::Acquire)
+    }
+
+    pub fn offsets(&self) -> PartitionOffsets {
+        let state = self.lock();
+        PartitionOffsets {
+            log_start_offset: state.log.log_start_offset(),
+            high_watermark: self.high_watermark(),
+            log_end_offset: state.log.log_end_offset(),
+        }
+    }
+
+    fn advance_high_watermark(&self, to: i64, notify: &Notify) {
+        let prev = self.high_watermark.fetch_max(to, Ordering::AcqRel);
+        if to > prev {
+            self.hw_tx.send_replace(to);
+            notify.notify_waiters();
+        }
+    }
+
+    /// Validates and appends one batch sent by a producer.
+    pub fn append_produced(
+        &self,
+        mut batch: Vec<u8>,
+        config: &TopicConfig,
+        fsync: FsyncPolicy,
+        notify: &Notify,
+    ) -> Result<AppendOutcome, BrokerError> {
+        self.check_online()?;
+        let max = config.max_message_bytes();
+        if batch.len() > max {
+            return Err(BrokerError::BatchTooLarge {
+                size: batch.len(),
+                max,
+            });
+        }
+        let header = batch::validate_produced(&batch)?;
+        if header.is_control() {
+            return Err(BrokerError::ControlBatchFromClient);
+        }
+        if header.is_transactional() {
+            return Err(BrokerError::TransactionsUnsupported);
+        }
+        let now = now_ms();
+        let mut state = self.lock();
+        match state.producers.check(&header) {
+            Ok(SequenceVerdict::Append) => {}
+            Ok(SequenceVerdict::Duplicate { base_offset }) => {
+                return Ok(AppendOutcome {
+                    base_offset,
+                    end_offset: base_offset + header.last_offset_delta as i64 + 1,
+                    log_append_time_ms: -1,
+                    log_start_offset: state.log.log_start_offset(),
+                    duplicate: true,
+                })
+            }
+            Err(SequenceError::OutOfOrder { expected, got }) => {
+                return Err(BrokerError::OutOfOrderSequence { expected, got })
+            }
+            Err(SequenceError::InvalidEpoch { current, got }) => {
+                return Err(BrokerError::InvalidProducerEpoch { current, got })
+            }
+        }
+        let log_append_time_ms = if config.log_append_time() {
+            batch::stamp_log_append_time(&mut batch, now);
+            now
+        } else {
+            -1
+        };
+        let info = match state.log.append(&mut batch, LEADER_EPOCH, now) {
+            Ok(info) => info,
+            Err(e) => {
+                drop(state);
+                let reason = format!("append failed: {e}");
+                self.fail(reason.clone());
+                return Err(BrokerError::StorageFailed(reason));
+            }
+        };
+        let stamped = BatchHeader {
+            base_offset: info.base_offset,
+            ..header
+        };
+        state.producers.record(&stamped);
+        let outcome = AppendOutcome {
+            base_offset: info.base_offset,
+            end_offset: info.last_offset + 1,
+            log_append_time_ms,
+            log_start_offset: state.log.log_start_offset(),
+            duplicate: false,
+        };
+        drop(state);
+        if !fsync.syncs() {
+            self.advance_high_watermark(outcome.end_offset, notify);
+        }
+        Ok(outcome)
+    }
+
+    /// Waits until every offset below `end_offset` is durable (and visible to consumers).
+    pub async fn wait_durable(
+        &self,
+        end_offset: i64,
+        fsync: FsyncPolicy,
+        notify: &Notify,
+    ) -> Result<(), BrokerError> {
+        let mut rx = self.hw_tx.subscribe();
+        loop {
+            self.check_online()?;
+            if *rx.borrow_and_update() >= end_offset || self.high_watermark() >= end_offset {
+                return Ok(());
+            }
+            if fsync == FsyncPolicy::Always && self.try_start_sync() {
+                self.sync_now(notify).await;
+                continue;
+            }
+            // Another task's fsync (or the interval task) will move the watermark.
+            if rx.changed().await.is_err() {
+                return Err(BrokerError::StorageFailed("partition closed".into()));
+            }
+        }
+    }
+
+    fn try_start_sync(&self) -> bool {
+        let mut in_flight = self.sync_in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if *in_flight {
+            false
+        } else {
+            *in_flight = true;
+            true
+        }
+    }
+
+    /// Runs one fsync of the active segment (the caller won `try_start_sync`) and advances the
+    /// high watermark to what it covered.
+    async fn sync_now(&self, notify: &Notify) {
+        let target = self.lock().log.sync_target();
+        let file = target.file.clone();
+        let result = tokio::task::spawn_blocking(move || file.sync_data()).await;
+        *self.sync_in_flight.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        match result {
+            Ok(Ok(())) => self.advance_high_watermark(target.end_offset, notify),
+            Ok(Err(e)) => self.fail(format!("fsync failed: {e}")),
+            Err(e) => self.fail(format!("fsync task failed: {e}")),
+        }
+        // Wake any waiter whose offset this fsync did not cover, so one of them runs the next.
+        self.hw_tx.send_modify(|_| {});
+    }
+
+    /// Interval policy: fsync if there is unsynced data.
+    async fn sync_if_dirty(&self, notify: &Notify) {
+        let leo = self.lock().log.log_end_offset();
+        if leo > self.high_watermark() && self.try_start_sync() {
+            self.sync_now(notify).await;
+        }
+    }
+
+    /// Reads whole batches from `offset`, never past the high watermark.
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<Vec<u8>, BrokerError> {
+        self.check_online()?;
+        let hw = self.high_watermark();
+        let state = self.lock();
+        let leo = state.log.log_end_offset();
+        if offset >= hw && offset <= leo && offset >= state.log.log_start_offset() {
+            // Written but not yet durable (or nothing new): nothing to return yet.
+            return Ok(Vec::new());
+        }
+        state
+            .log
+            .read(offset, hw, max_bytes)
+            .map_err(|e| BrokerError::Log(self.name(), e))
+    }
+
+    /// The first batch with max timestamp >= ts, below the high watermark.
+    pub fn find_batch_by_timestamp(&self, ts: i64) -> Result<Option<Vec<u8>>, BrokerError> {
+        let hw = self.high_watermark();
+        let state = self.lock();
+        let found = state
+            .log
+            .find_batch_by_timestamp(ts)
+            .map_err(|e| BrokerError::Log(self.name(), e))?;
+        Ok(found.filter(|b| BatchHeader::parse(b).is_ok_and(|h| h.base_offset < hw)))
+    }
+
+    pub fn batch_with_max_timestamp(&self) -> Result<Option<Vec<u8>>, BrokerError> {
+        let hw = self.high_watermark();
+        let state = self.lock();
+        let found = state
+            .log
+            .batch_with_max_timestamp()
+            .map_err(|e| BrokerError::Log(self.name(), e))?;
+        Ok(found.filter(|b| BatchHeader::parse(b).is_ok_and(|h| h.base_offset < hw)))
+    }
+
+    /// DeleteRecords: offset -1 means the high watermark. Returns the new log start offset.
+    pub fn delete_records_before(&self, offset: i64) -> Result<i64, BrokerError> {
+        self.check_online()?;
+        let hw = self.high_watermark();
+        let target = if offset == -1 { hw } else { offset };
+        if target < 0 || target > hw {
+            let state = self.lock();
+            return Err(BrokerError::Log(
+                self.name(),
+                LogError::OffsetOutOfRange {
+                    offset: target,
+                    log_start: state.log.log_start_offset(),
+                    log_end: hw,
+                },
+            ));
+        }
+        let mut state = self.lock();
+        state
+            .log
+            .delete_records_before(target)
+            .map_err(|e| BrokerError::Log(self.name(), e))
+    }
+
+    fn enforce_retention(&self, now: i64) {
+        let mut state = self.lock();
+        match state.log.enforce_retention(now) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                partition = %self.name(),
+                segments = n,
+                log_start_offset = state.log.log_start_offset(),
+                "retention deleted segments"
+            ),
+            Err(e) => tracing::error!(partition = %self.name(), error = %e, "retention failed"),
+        }
+    }
+
+    fn set_config(&self, config: &TopicConfig) {
+        self.lock().log.set_config(config.log_config());
+    }
+
+    fn close(&self) -> Result<(), BrokerError> {
+        self.lock()
+            .log
+            .close()
+            .map_err(|e| BrokerError::Log(self.name(), e))
+    }
+
+    /// Full CRC and contiguity check of the log (tests and operators).
+    pub fn verify(&self) -> Result<crate::log::VerifyReport, BrokerError> {
+        self.lock()
+            .log
+            .verify()
+            .map_err(|e| BrokerError::Log(self.name(), e))
+    }
+}
+
+/// A topic: its id, config overrides and partitions.
+pub struct Topic {
+    pub name: String,
+    pub id: Uuid,
+    dir: PathBuf,
+    config: RwLock<TopicConfig>,
+    partitions: RwLock<Vec<Arc<Partition>>>,
+}
+
+impl Topic {
+    pub fn config(&self) -> TopicConfig {
+        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn partitions(&self) -> Vec<Arc<Partition>> {
+        self.partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn partition(&self, index: i32) -> Option<Arc<Partition>> {
+        let parts = self.partitions.read().unwrap_or_else(|p| p.into_inner());
+        usize::try_from(index).ok().and_then(|i| parts.get(i).cloned())
+    }
+
+    pub fn partition_count(&self) -> i32 {
+        self.partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len() as i32
+    }
+
+    fn properties(&self) -> String {
+        let mut out = format!(
+            "# Strait topic metadata\nname={}\ntopic.id={}\npartitions={}\n",
+            self.name,
+            self.id,
+            self.partition_count()
+        );
+        for (k, v) in self.config().overrides() {
+            out.push_str(&format!("config.{k}={v}\n"));
+        }
+        out
+    }
+
+    fn persist(&self) -> Result<(), BrokerError> {
+        let path = self.dir.join("topic.properties");
+        write_atomic(&path, self.properties().as_bytes())
+            .map_err(BrokerError::io(format!("writing {}", path.display())))
+    }
+}
+
+/// A topic to create.
+#[derive(Debug, Clone)]
+pub struct NewTopic {
+    pub name: String,
+    pub partitions: i32,
+    pub config: TopicConfig,
+}
+
+/// The broker: identity, topics and background tasks.
+pub struct Broker {
+    pub config: BrokerConfig,
+    pub cluster_id: String,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    /// Serialises topic creation, deletion and partition changes (not the data path).
+    admin_lock: Mutex<()>,
+    /// Signalled whenever a high watermark advances: wakes long-polling fetches.
+    pub data_arrived: Notify,
+    producer_ids: Mutex<ProducerIdBlock>,
+    _lock_file: fs::File,
+}
+
+struct ProducerIdBlock {
+    next: i64,
+    end: i64,
+}
+
+impl Broker {
+    /// Opens the data directory (creating it if needed), recovers every partition log and
+    /// returns the broker. Fails clearly if the directory is unusable or already in use.
+    pub fn open(config: BrokerConfig) -> Result<Arc<Broker>, BrokerError> {
+        let dir = config.data_dir.clone();
+        let dir_err = |msg: String| BrokerError::DataDir(dir.clone(), msg);
+        fs::create_dir_all(&dir).map_err(|e| dir_err(format!("cannot create it: {e}")))?;
+        if !dir.is_dir() {
+            return Err(dir_err("is not a directory".into()));
+        }
+        let lock_path = dir.join(".lock");
+        let lock_file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| dir_err(format!("cannot write in it: {e}")))?;
+        match lock_file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(dir_err(
+                    "is in use by another strait process (lock held on .lock)".into(),
+                ))
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(dir_err(format!("cannot lock it: {e}")))
+            }
+        }
+        let cluster_id = Self::load_identity(&config)?;
+        let producer_ids = Self::load_producer_ids(&dir)?;
+        fs::create_dir_all(dir.join("topics"))
+            .map_err(BrokerError::io("creating topics directory"))?;
+        Self::purge_deleted(&dir);
+
+        let broker = Broker {
+            config,
+            cluster_id,
+            topics: RwLock::new(BTreeMap::new()),
+            admin_lock: Mutex::new(()),
+            data_arrived: Notify::new(),
+            producer_ids: Mutex::new(producer_ids),
+            _lock_file: lock_file,
+        };
+        broker.load_topics()?;
+        Ok(Arc::new(broker))
+    }
+
+    fn load_identity(config: &BrokerConfig) -> Result<String, BrokerError> {
+        let path = config.data_dir.join("meta.properties");
+        let dir_err = |msg: String| BrokerError::DataDir(config.data_dir.clone(), msg);
+        if path.exists() {
+            let text = fs::read_to_string(&path)
+                .map_err(|e| dir_err(format!("cannot read meta.properties: {e}")))?;
+            let props = parse_properties(&text);
+            let get = |k: &str| props.iter().find(|(pk, _)| pk == k).map(|(_, v)| v.clone());
+            let stored_cluster = get("cluster.id")
+                .ok_or_else(|| dir_err("meta.properties has no cluster.id".into()))?;
+            let stored_node: i32 = get("node.id")
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| dir_err("meta.properties has no valid node.id".into()))?;
+            if let Some(wanted) = &config.cluster_id {
+                if *wanted != stored_cluster {
+                    return Err(dir_err(format!(
+                        "belongs to cluster `{stored_cluster}`, not `{wanted}`"
+                    )));
+                }
+            }
+            if stored_node != config.node_id {
+                return Err(dir_err(format!(
+                    "belongs to node {stored_node}, not node {}",
+                    config.node_id
+                )));
+            }
+            Ok(stored_cluster)
+        } else {
+            let cluster_id = config
+                .cluster_id
+                .clone()
+                .unwrap_or_else(|| Uuid::new_v4().simple().to_string());
+            let text = format!(
+                "# Strait broker identity\nversion=1\ncluster.id={cluster_id}\nnode.id={}\n",
+                config.node_id
+            );
+            write_atomic(&path, text.as_bytes())
+                .map_err(|e| dir_err(format!("cannot write meta.properties: {e}")))?;
+            Ok(cluster_id)
+        }
+    }
+
+    fn load_producer_ids(dir: &Path) -> Result<ProducerIdBlock, BrokerError> {
+        let path = dir.join("producer-ids");
+        let next = match fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse::<i64>().map_err(|_| {
+                BrokerError::DataDir(dir.to_path_buf(), "producer-ids is corrupt".into())
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(BrokerError::io("reading producer-ids")(e)),
+        };
+        // The stored value is the end of the last block handed out: start a fresh block there.
+        Ok(ProducerIdBlock { next, end: next })
+    }
+
+    /// A new producer id, unique across restarts: blocks of ids are reserved on disk first.
+    pub fn allocate_producer_id(&self) -> Result<i64, BrokerError> {
+        let mut block = self.producer_ids.lock().unwrap_or_else(|p| p.into_inner());
+        if block.next >= block.end {
+            let end = block.end + PRODUCER_ID_BLOCK;
+            write_atomic(
+                &self.config.data_dir.join("producer-ids"),
+                format!("{end}\n").as_bytes(),
+            )
+            .map_err(BrokerError::io("reserving producer ids"))?;
+            block.end = end;
+        }
+        let id = block.next;
+        block.next += 1;
+        Ok(id)
+    }
+
+    fn purge_deleted(dir: &Path) {
+        let deleted = dir.join("deleted");
+        if deleted.exists() {
+            if let Err(e) = fs::remove_dir_all(&deleted) {
+                tracing::warn!(error = %e, "could not purge deleted topics");
+            }
+        }
+    }
+
+    fn topics_dir(&self) -> PathBuf {
+        self.config.data_dir.join("topics")
+    }
+
+    fn load_topics(&self) -> Result<(), BrokerError> {
+        let topics_dir = self.topics_dir();
+        let entries = fs::read_dir(&topics_dir).map_err(BrokerError::io("listing topics"))?;
+        let mut loaded = BTreeMap::new();
+        for entry in entries {
+            let entry = entry.map_err(BrokerError::io("listing topics"))?;
+            let dir = entry.path();
+            if !dir.is_dir() {
+                continue;
+            }
+            let props_path = dir.join("topic.properties");
+            let text = fs::read_to_string(&props_path).map_err(|e| {
+                BrokerError::DataDir(
+                    self.config.data_dir.clone(),
+                    format!("cannot read {}: {e}", props_path.display()),
+                )
+            })?;
+            let props = parse_properties(&text);
+            let corrupt = |what: &str| {
+                BrokerError::DataDir(
+                    self.config.data_dir.clone(),
+                    format!("{}: {what}", props_path.display()),
+                )
+            };
+            let mut name = None;
+            let mut id = None;
+            let mut count = None;
+            let mut config = TopicConfig::default();
+            for (k, v) in &props {
+                match k.as_str() {
+                    "name" => name = Some(v.clone()),
+                    "topic.id" => id = Uuid::parse_str(v).ok(),
+                    "partitions" => count = v.parse::<i32>().ok(),
+                    _ => {
+                        if let Some(cfg) = k.strip_prefix("config.") {
+                            config
+                                .set(cfg, v)
+                                .map_err(|e| corrupt(&format!("bad config: {e}")))?;
+                        }
+                    }
+                }
+            }
+            let name = name.ok_or_else(|| corrupt("no name"))?;
+            let id = id.ok_or_else(|| corrupt("no valid topic.id"))?;
+            let count = count
+                .filter(|c| *c >= 1)
+                .ok_or_else(|| corrupt("no valid partitions"))?;
+            let mut partitions = Vec::with_capacity(count as usize);
+            for index in 0..count {
+                let p = Partition::open(&name, index, &dir.join(index.to_string()), &config)?;
+                partitions.push(Arc::new(p));
+            }
+            loaded.insert(
+                name.clone(),
+                Arc::new(Topic {
+                    name,
+                    id,
+                    dir,
+                    config: RwLock::new(config),
+                    partitions: RwLock::new(partitions),
+                }),
+            );
+        }
+        *self.topics.write().unwrap_or_else(|p| p.into_inner()) = loaded;
+        Ok(())
+    }
+
+    pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        self.topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn partition(&self, topic: &str, index: i32) -> Result<Arc<Partition>, BrokerError> {
+        let t = self
+            .topic(topic)
+            .ok_or_else(|| BrokerError::UnknownTopic(topic.to_string()))?;
+        t.partition(index)
+            .ok_or_else(|| BrokerError::UnknownPartition(topic.to_string(), index))
+    }
+
+    /// Checks a creation request without creating anything.
+    pub fn validate_new_topic(&self, t: &NewTopic) -> Result<(), BrokerError> {
+        validate_topic_name(&t.name)?;
+        if t.partitions < 1 || t.partitions > MAX_PARTITIONS {
+            return Err(BrokerError::InvalidPartitions(format!(
+                "number of partitions must be between 1 and {MAX_PARTITIONS}, got {}",
+                t.partitions
+            )));
+        }
+        if self.topic(&t.name).is_some() {
+            return Err(BrokerError::TopicExists(t.name.clone()));
+        }
+        Ok(())
+    }
+
+    /// Creates a topic: directories, partition logs, then the metadata file (the commit point).
+    pub fn create_topic(&self, t: NewTopic) -> Result<Arc<Topic>, BrokerError> {
+        let _admin = self.admin_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.validate_new_topic(&t)?;
+        let dir = self.topics_dir().join(&t.name);
+        if dir.exists() {
+            // Left over from a creation that crashed before its metadata file was written.
+            fs::remove_dir_all(&dir).map_err(BrokerError::io("removing stale topic dir"))?;
+        }
+        fs::create_dir_all(&dir).map_err(BrokerError::io("creating topic dir"))?;
+        let mut partitions = Vec::with_capacity(t.partitions as usize);
+        for index in 0..t.partitions {
+            let p = Partition::open(&t.name, index, &dir.join(index.to_string()), &t.config)?;
+            partitions.push(Arc::new(p));
+        }
+        let topic = Arc::new(Topic {
+            name: t.name.clone(),
+            id: Uuid::new_v4(),
+            dir: dir.clone(),
+            config: RwLock::new(t.config),
+            partitions: RwLock::new(partitions),
+        });
+        topic.persist()?;
+        sync_dir(&self.topics_dir()).map_err(BrokerError::io("syncing topics dir"))?;
+        self.topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(t.name.clone(), topic.clone());
+        tracing::info!(topic = %t.name, partitions = t.partitions, "created topic");
+        Ok(topic)
+    }
+
+    /// Deletes a topic: it disappears at once; its files are removed in the background.
+    pub fn delete_topic(&self, name: &str) -> Result<Uuid, BrokerError> {
+        let _admin = self.admin_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let topic = self
+            .topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+            .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
+        for p in topic.partitions() {
+            p.fail("topic deleted".into());
+        }
+        let graveyard = self.config.data_dir.join("deleted");
+        fs::create_dir_all(&graveyard).map_err(BrokerError::io("creating deleted dir"))?;
+        let target = graveyard.join(format!("{}-{}", name, topic.id.simple()));
+        fs::rename(&topic.dir, &target).map_err(BrokerError::io("moving deleted topic"))?;
+        sync_dir(&self.topics_dir()).map_err(BrokerError::io("syncing topics dir"))?;
+        std::thread::spawn(move || {
+            if let Err(e) = fs::remove_dir_all(&target) {
+                tracing::warn!(error = %e, path = %target.display(), "could not remove deleted topic files");
+            }
+        });
+        tracing::info!(topic = %name, "deleted topic");
+        Ok(topic.id)
+    }
+
+    /// Grows a topic to `count` partitions.
+    pub fn create_partitions(
+        &self,
+        name: &str,
+        count: i32,
+        validate_only: bool,
+    ) -> Result<(), BrokerError> {
+        let _admin = self.admin_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let topic = self
+            .topic(name)
+            .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
+        let current = topic.partition_count();
+        if count <= current {
+            return Err(BrokerError::InvalidPartitions(format!(
+                "topic `{name}` has {current} partitions; the new count {count} must be larger"
+            )));
+        }
+        if count > MAX_PARTITIONS {
+            return Err(BrokerError::InvalidPartitions(format!(
+                "at most {MAX_PARTITIONS} partitions per topic"
+            )));
+        }
+        if validate_only {
+            return Ok(());
+        }
+        let config = topic.config();
+        let mut added = Vec::new();
+        for index in current..count {
+            let p = Partition::open(name, index, &topic.dir.join(index.to_string()), &config)?;
+            added.push(Arc::new(p));
+        }
+        topic
+            .partitions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(added);
+        topic.persist()?;
+        tracing::info!(topic = %name, from = current, to = count, "added partitions");
+        Ok(())
+    }
+
+    /// Replaces a topic's config (already validated) and applies it to every partition log.
+    pub fn set_topic_config(&self, name: &str, config: TopicConfig) -> Result<(), BrokerError> {
+        let _admin = self.admin_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let topic = self
+            .topic(name)
+            .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
+        *topic.config.write().unwrap_or_else(|p| p.into_inner()) = config.clone();
+        for p in topic.partitions() {
+            p.set_config(&config);
+        }
+        topic.persist()
+    }
+
+    /// One pass of retention over every partition.
+    pub fn enforce_retention(&self) {
+        let now = now_ms();
+        for topic in self.topics() {
+            for p in topic.partitions() {
+                p.enforce_retention(now);
+            }
+        }
+    }
+
+    /// Starts retention and (for `interval:MS`) the periodic fsync. Runs until the process ends.
+    pub fn spawn_background_tasks(self: &Arc<Self>) {
+        let broker = self.clone();
+        let every = self.config.retention_check_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let b = broker.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || b.enforce_retention()).await {
+                    tracing::error!(error = %e, "retention task failed");
+                }
+            }
+        });
+        if let FsyncPolicy::Interval(every) = self.config.fsync {
+            let broker = self.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    broker.sync_all_dirty().await;
+                }
+            });
+        }
+    }
+
+    async fn sync_all_dirty(&self) {
+        for topic in self.topics() {
+            for p in topic.partitions() {
+                p.sync_if_dirty(&self.data_arrived).await;
+            }
+        }
+    }
+
+    /// Clean shutdown: fsync and close every partition log.
+    pub fn shutdown(&self) -> Result<(), BrokerError> {
+        let mut first_error = None;
+        for topic in self.topics() {
+            for p in topic.partitions() {
+                if let Err(e) = p.close() {
+                    tracing::error!(error = %e, "closing partition failed");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::test_batches::build;
+
+    fn open(dir: &Path) -> Arc<Broker> {
+        Broker::open(BrokerConfig::new(dir.to_path_buf(), "127.0.0.1".into(), 9092)).unwrap()
+    }
+
+    #[test]
+    fn topic_names() {
+        assert!(validate_topic_name("orders.v1_x-2").is_ok());
+        for bad in ["", ".", "..", "a/b", "ä", &"x".repeat(250)] {
+            assert!(validate_topic_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn create_append_restart_and_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = open(dir.path());
+        let cluster = b.cluster_id.clone();
+        b.create_topic(NewTopic {
+            name: "t".into(),
+            partitions: 2,
+            config: TopicConfig::default(),
+        })
+        .unwrap();
+        assert!(matches!(
+            b.create_topic(NewTopic {
+                name: "t".into(),
+                partitions: 1,
+                config: TopicConfig::default()
+            }),
+            Err(BrokerError::TopicExists(_))
+        ));
+        let p = b.partition("t", 1).unwrap();
+        let cfg = TopicConfig::default();
+        let out = p
+            .append_produced(build(&[b"a", b"b"], 1), &cfg, FsyncPolicy::Always, &b.data_arrived)
+            .unwrap();
+        assert_eq!((out.base_offset, out.end_offset), (0, 2));
+        assert_eq!(p.high_watermark(), 0, "not visible before it is durable");
+        p.wait_durable(out.end_offset, FsyncPolicy::Always, &b.data_arrived)
+            .await
+            .unwrap();
+        assert_eq!(p.high_watermark(), 2);
+        let pid = b.allocate_producer_id().unwrap();
+        b.shutdown().unwrap();
+        drop(p);
+        drop(b);
+        let b = open(dir.path());
+        assert_eq!(b.cluster_id, cluster);
+        assert_eq!(b.partition("t", 1).unwrap().offsets().log_end_offset, 2);
+        assert!(b.allocate_producer_id().unwrap() > pid);
+        // a second broker on the same dir is refused
+        assert!(matches!(
+            Broker::open(BrokerConfig::new(dir.path().into(), "h".into(), 1)),
+            Err(BrokerError::DataDir(..))
+        ));
+    }
+}

@@ -1,0 +1,231 @@
+//! Per-partition state of idempotent producers: the sequence-number checks that turn retried
+//! batches into duplicates answered with their original offsets instead of second copies.
+//!
+//! A sans-IO table: the partition feeds it batch headers (on append, and on start-up from the
+//! log) and asks it to judge each incoming batch. Kafka keeps the last five batches per producer
+//! (the most a producer may have in flight); so does this table.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::batch::BatchHeader;
+
+/// Batches remembered per producer, as in Kafka (max.in.flight.requests.per.connection <= 5).
+pub const CACHED_BATCHES: usize = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CachedBatch {
+    first_seq: i32,
+    last_seq: i32,
+    base_offset: i64,
+    last_offset: i64,
+}
+
+#[derive(Debug, Default)]
+struct ProducerEntry {
+    epoch: i16,
+    batches: VecDeque<CachedBatch>,
+}
+
+/// What to do with an incoming batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequenceVerdict {
+    /// Not idempotent, or the next batch in sequence: append it.
+    Append,
+    /// A retry of a batch already in the log: answer with its offsets, append nothing.
+    Duplicate { base_offset: i64 },
+}
+
+/// Why an idempotent batch was refused; each maps to the Kafka error of the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequenceError {
+    OutOfOrder { expected: i32, got: i32 },
+    InvalidEpoch { current: i16, got: i16 },
+}
+
+fn last_seq_of(h: &BatchHeader) -> i32 {
+    // Sequences wrap at i32::MAX back to 0, as in Kafka.
+    ((h.base_sequence as i64 + h.last_offset_delta as i64) % (i32::MAX as i64 + 1)) as i32
+}
+
+fn next_seq(seq: i32) -> i32 {
+    if seq == i32::MAX {
+        0
+    } else {
+        seq + 1
+    }
+}
+
+/// Producer id -> recent batches, for one partition.
+#[derive(Debug, Default)]
+pub struct ProducerStateTable {
+    producers: HashMap<i64, ProducerEntry>,
+}
+
+impl ProducerStateTable {
+    /// Judges a batch before it is appended. Batches without a producer id always append.
+    pub fn check(&self, h: &BatchHeader) -> Result<SequenceVerdict, SequenceError> {
+        if h.producer_id < 0 || h.base_sequence < 0 {
+            return Ok(SequenceVerdict::Append);
+        }
+        let Some(entry) = self.producers.get(&h.producer_id) else {
+            return if h.base_sequence == 0 {
+                Ok(SequenceVerdict::Append)
+            } else {
+                Err(SequenceError::OutOfOrder {
+                    expected: 0,
+                    got: h.base_sequence,
+                })
+            };
+        };
+        if h.producer_epoch < entry.epoch {
+            return Err(SequenceError::InvalidEpoch {
+                current: entry.epoch,
+                got: h.producer_epoch,
+            });
+        }
+        if h.producer_epoch > entry.epoch {
+            // A new epoch starts its sequences again at 0.
+            return if h.base_sequence == 0 {
+                Ok(SequenceVerdict::Append)
+            } else {
+                Err(SequenceError::OutOfOrder {
+                    expected: 0,
+                    got: h.base_sequence,
+                })
+            };
+        }
+        let last = last_seq_of(h);
+        if let Some(dup) = entry
+            .batches
+            .iter()
+            .find(|b| b.first_seq == h.base_sequence && b.last_seq == last)
+        {
+            return Ok(SequenceVerdict::Duplicate {
+                base_offset: dup.base_offset,
+            });
+        }
+        let expected = entry
+            .batches
+            .back()
+            .map(|b| next_seq(b.last_seq))
+            .unwrap_or(0);
+        if h.base_sequence != expected {
+            return Err(SequenceError::OutOfOrder {
+                expected,
+                got: h.base_sequence,
+            });
+        }
+        Ok(SequenceVerdict::Append)
+    }
+
+    /// Records a batch that is now in the log (its header carries the assigned offsets).
+    pub fn record(&mut self, h: &BatchHeader) {
+        if h.producer_id < 0 || h.base_sequence < 0 {
+            return;
+        }
+        let entry = self.producers.entry(h.producer_id).or_default();
+        if h.producer_epoch != entry.epoch {
+            entry.epoch = h.producer_epoch;
+            entry.batches.clear();
+        }
+        entry.batches.push_back(CachedBatch {
+            first_seq: h.base_sequence,
+            last_seq: last_seq_of(h),
+            base_offset: h.base_offset,
+            last_offset: h.last_offset(),
+        });
+        while entry.batches.len() > CACHED_BATCHES {
+            entry.batches.pop_front();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.producers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.producers.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(pid: i64, epoch: i16, seq: i32, count: i32, base_offset: i64) -> BatchHeader {
+        BatchHeader {
+            base_offset,
+            batch_length: 100,
+            partition_leader_epoch: 0,
+            magic: 2,
+            crc: 0,
+            attributes: 0,
+            last_offset_delta: count - 1,
+            base_timestamp: 0,
+            max_timestamp: 0,
+            producer_id: pid,
+            producer_epoch: epoch,
+            base_sequence: seq,
+            records_count: count,
+        }
+    }
+
+    #[test]
+    fn in_order_duplicate_and_gap() {
+        let mut t = ProducerStateTable::default();
+        let b0 = header(7, 0, 0, 10, 0);
+        assert_eq!(t.check(&b0), Ok(SequenceVerdict::Append));
+        t.record(&b0);
+        let b1 = header(7, 0, 10, 5, 10);
+        assert_eq!(t.check(&b1), Ok(SequenceVerdict::Append));
+        t.record(&b1);
+        // retry of b0 and of b1
+        assert_eq!(
+            t.check(&header(7, 0, 0, 10, 0)),
+            Ok(SequenceVerdict::Duplicate { base_offset: 0 })
+        );
+        assert_eq!(
+            t.check(&header(7, 0, 10, 5, 0)),
+            Ok(SequenceVerdict::Duplicate { base_offset: 10 })
+        );
+        // a gap
+        assert_eq!(
+            t.check(&header(7, 0, 16, 1, 0)),
+            Err(SequenceError::OutOfOrder {
+                expected: 15,
+                got: 16
+            })
+        );
+        // an old epoch is fenced, a new one restarts at 0
+        assert!(matches!(
+            t.check(&header(7, -1, 15, 1, 0)),
+            Err(SequenceError::InvalidEpoch { .. })
+        ));
+        assert_eq!(t.check(&header(7, 1, 0, 1, 0)), Ok(SequenceVerdict::Append));
+        assert!(t.check(&header(7, 1, 3, 1, 0)).is_err());
+        // unknown producer must start at 0; non-idempotent batches always append
+        assert!(t.check(&header(8, 0, 4, 1, 0)).is_err());
+        assert_eq!(t.check(&header(-1, -1, -1, 3, 0)), Ok(SequenceVerdict::Append));
+    }
+
+    #[test]
+    fn only_five_batches_are_remembered() {
+        let mut t = ProducerStateTable::default();
+        for i in 0..7 {
+            t.record(&header(1, 0, i, 1, i as i64));
+        }
+        assert_eq!(
+            t.check(&header(1, 0, 6, 1, 0)),
+            Ok(SequenceVerdict::Duplicate { base_offset: 6 })
+        );
+        assert!(t.check(&header(1, 0, 0, 1, 0)).is_err());
+        assert_eq!(t.check(&header(1, 0, 7, 1, 0)), Ok(SequenceVerdict::Append));
+    }
+
+    #[test]
+    fn sequence_wraps() {
+        let mut t = ProducerStateTable::default();
+        t.record(&header(1, 0, i32::MAX - 1, 2, 0));
+        assert_eq!(t.check(&header(1, 0, 0, 1, 2)), Ok(SequenceVerdict::Append));
+    }
+}

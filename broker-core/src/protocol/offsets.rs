@@ -1,0 +1,197 @@
+//! ListOffsets, DeleteRecords, OffsetForLeaderEpoch and InitProducerId.
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
+use kafka_protocol::messages::{
+    DeleteRecordsRequest, DeleteRecordsResponse, InitProducerIdRequest, InitProducerIdResponse,
+    ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest,
+    OffsetForLeaderEpochResponse, ProducerId,
+};
+
+use super::records::{self, RecordMeta, DEFAULT_MAX_DECOMPRESSED};
+use super::{error_code, Ctx, ProtocolError, Reply};
+use crate::broker::{BrokerError, Partition, LEADER_EPOCH};
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+const EARLIEST_LOCAL: i64 = -4;
+const LATEST_TIERED: i64 = -5;
+
+fn record_lookup(
+    partition: &Partition,
+    batch: Option<Vec<u8>>,
+    pick: impl Fn(&[u8]) -> Result<Option<RecordMeta>, records::RecordsError>,
+) -> Result<(i64, i64), BrokerError> {
+    let Some(batch) = batch else {
+        return Ok((-1, -1));
+    };
+    match pick(&batch) {
+        Ok(Some(meta)) => Ok((meta.timestamp, meta.offset)),
+        Ok(None) => Ok((-1, -1)),
+        Err(e) => Err(BrokerError::StorageFailed(format!(
+            "{}-{}: cannot read records for a timestamp lookup: {e}",
+            partition.topic, partition.index
+        ))),
+    }
+}
+
+/// (timestamp, offset) for one ListOffsets query.
+fn lookup(partition: &Partition, ts: i64) -> Result<(i64, i64), BrokerError> {
+    let offsets = partition.offsets();
+    match ts {
+        // Without transactions the last stable offset is the high watermark.
+        LATEST => Ok((-1, offsets.high_watermark)),
+        EARLIEST | EARLIEST_LOCAL => Ok((-1, offsets.log_start_offset)),
+        LATEST_TIERED => Ok((-1, -1)), // no tiered storage
+        MAX_TIMESTAMP => record_lookup(partition, partition.batch_with_max_timestamp()?, |b| {
+            records::max_timestamp_record(b, DEFAULT_MAX_DECOMPRESSED)
+        }),
+        ts if ts >= 0 => record_lookup(partition, partition.find_batch_by_timestamp(ts)?, |b| {
+            records::first_at_or_after(b, ts, DEFAULT_MAX_DECOMPRESSED)
+        }),
+        _ => Err(BrokerError::InvalidPartitions(format!(
+            "unknown ListOffsets timestamp {ts}"
+        ))),
+    }
+}
+
+pub(super) fn list_offsets(ctx: &Ctx, req: ListOffsetsRequest) -> Result<Reply, ProtocolError> {
+    let topics = req
+        .topics
+        .iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let resp =
+                        ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
+                    let result = ctx
+                        .broker
+                        .partition(&t.name, p.partition_index)
+                        .and_then(|part| lookup(&part, p.timestamp));
+                    match result {
+                        Ok((timestamp, offset)) => {
+                            let resp = resp.with_timestamp(timestamp).with_offset(offset);
+                            if ctx.version >= 4 && offset >= 0 {
+                                resp.with_leader_epoch(LEADER_EPOCH)
+                            } else {
+                                resp
+                            }
+                        }
+                        Err(BrokerError::InvalidPartitions(_)) => {
+                            resp.with_error_code(ResponseError::InvalidRequest.code())
+                        }
+                        Err(e) => resp.with_error_code(error_code(&e)),
+                    }
+                })
+                .collect();
+            ListOffsetsTopicResponse::default()
+                .with_name(t.name.clone())
+                .with_partitions(partitions)
+        })
+        .collect();
+    ctx.respond(&ListOffsetsResponse::default().with_topics(topics))
+}
+
+pub(super) fn delete_records(ctx: &Ctx, req: DeleteRecordsRequest) -> Result<Reply, ProtocolError> {
+    let topics = req
+        .topics
+        .iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let resp = DeleteRecordsPartitionResult::default()
+                        .with_partition_index(p.partition_index);
+                    match ctx
+                        .broker
+                        .partition(&t.name, p.partition_index)
+                        .and_then(|part| part.delete_records_before(p.offset))
+                    {
+                        Ok(low) => resp.with_low_watermark(low),
+                        Err(e) => resp.with_low_watermark(-1).with_error_code(error_code(&e)),
+                    }
+                })
+                .collect();
+            DeleteRecordsTopicResult::default()
+                .with_name(t.name.clone())
+                .with_partitions(partitions)
+        })
+        .collect();
+    ctx.respond(&DeleteRecordsResponse::default().with_topics(topics))
+}
+
+/// Every partition has had one leader epoch (0) for its whole life: the end offset of an epoch
+/// at or before it is the log end; a later epoch is unknown.
+pub(super) fn offset_for_leader_epoch(
+    ctx: &Ctx,
+    req: OffsetForLeaderEpochRequest,
+) -> Result<Reply, ProtocolError> {
+    let topics = req
+        .topics
+        .iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let resp = EpochEndOffset::default().with_partition(p.partition);
+                    match ctx.broker.partition(&t.topic, p.partition) {
+                        Err(e) => resp.with_error_code(error_code(&e)),
+                        Ok(_) if p.current_leader_epoch > LEADER_EPOCH => {
+                            resp.with_error_code(ResponseError::UnknownLeaderEpoch.code())
+                        }
+                        Ok(_) if p.leader_epoch > LEADER_EPOCH => resp
+                            .with_leader_epoch(-1)
+                            .with_end_offset(-1),
+                        Ok(part) => resp
+                            .with_leader_epoch(LEADER_EPOCH)
+                            .with_end_offset(part.high_watermark()),
+                    }
+                })
+                .collect();
+            OffsetForLeaderTopicResult::default()
+                .with_topic(t.topic.clone())
+                .with_partitions(partitions)
+        })
+        .collect();
+    ctx.respond(&OffsetForLeaderEpochResponse::default().with_topics(topics))
+}
+
+/// Idempotent producers get a fresh producer id (epoch 0). Transactional ids need the
+/// transaction coordinator, which Strait does not have yet: those requests are refused.
+pub(super) fn init_producer_id(
+    ctx: &Ctx,
+    req: InitProducerIdRequest,
+) -> Result<Reply, ProtocolError> {
+    let body = InitProducerIdResponse::default();
+    let body = if let Some(txn) = &req.transactional_id {
+        tracing::warn!(
+            transactional_id = %txn.as_str(),
+            "refusing a transactional producer: transactions are not implemented yet"
+        );
+        body.with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1)
+    } else {
+        match ctx.broker.allocate_producer_id() {
+            Ok(id) => body.with_producer_id(ProducerId(id)).with_producer_epoch(0),
+            Err(e) => body
+                .with_error_code(error_code(&e))
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+        }
+    };
+    ctx.respond(&body)
+}

@@ -1,0 +1,214 @@
+//! The `strait` command: runs a broker, and inspects its data.
+//!
+//! This is the binary edge: errors become `anyhow` reports with context, printed once.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use broker_core::server::{self, ServerLimits};
+use broker_core::{Broker, BrokerConfig, FsyncPolicy};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "strait",
+    version,
+    about = "Strait: a Kafka-compatible broker and cross-region cluster linker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a Kafka-wire-compatible broker with a durable log.
+    Broker(BrokerArgs),
+    /// Inspect a broker's data directory.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
+}
+
+#[derive(Args, Debug)]
+struct BrokerArgs {
+    /// Directory holding the broker's topics and metadata (created if missing).
+    #[arg(long, env = "STRAIT_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Address to accept Kafka clients on.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    listen: String,
+    /// Address clients are told to connect to (default: the listen address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// This broker's node id.
+    #[arg(long, default_value_t = 1)]
+    node_id: i32,
+    /// Cluster id; default: the one stored in the data dir, or a new random one.
+    #[arg(long)]
+    cluster_id: Option<String>,
+    /// When data is fsynced: `always` (before acks=all is answered), `interval:MS`, `never`.
+    /// Consumers only see data that is durable under this policy.
+    #[arg(long, default_value = "always")]
+    fsync: FsyncPolicy,
+    /// Create topics that a Metadata request names but that do not exist.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    auto_create_topics: bool,
+    /// Partitions of auto-created topics.
+    #[arg(long, default_value_t = 1)]
+    default_partitions: i32,
+    /// How often retention runs, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    retention_check_ms: u64,
+    /// Largest request frame accepted, in bytes.
+    #[arg(long, default_value_t = server::DEFAULT_MAX_FRAME_BYTES)]
+    max_frame_bytes: usize,
+}
+
+#[derive(Subcommand, Debug)]
+enum LogCommand {
+    /// Recover (as on start-up) and then fully verify every partition log: CRC-32C of every
+    /// batch, offset contiguity and index entries. Run it on a stopped broker's data dir.
+    Verify {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STRAIT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.command {
+        Command::Broker(args) => runtime.block_on(run_broker(args)),
+        Command::Log {
+            command: LogCommand::Verify { data_dir },
+        } => runtime.block_on(verify(data_dir)),
+    }
+}
+
+fn split_host_port(addr: &str) -> Result<(String, i32)> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .with_context(|| format!("`{addr}` is not HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("`{addr}`: bad port"))?;
+    Ok((host.trim_matches(['[', ']']).to_string(), port as i32))
+}
+
+async fn run_broker(args: BrokerArgs) -> Result<()> {
+    let listen: SocketAddr = tokio::net::lookup_host(&args.listen)
+        .await
+        .with_context(|| format!("cannot resolve --listen {}", args.listen))?
+        .next()
+        .with_context(|| format!("--listen {} resolves to no address", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let bound = listener.local_addr()?;
+    let (host, port) = match &args.advertise {
+        Some(a) => split_host_port(a)?,
+        None => (bound.ip().to_string(), bound.port() as i32),
+    };
+    if args.default_partitions < 1 {
+        bail!("--default-partitions must be at least 1");
+    }
+    let mut config = BrokerConfig::new(args.data_dir.clone(), host.clone(), port);
+    config.node_id = args.node_id;
+    config.cluster_id = args.cluster_id;
+    config.fsync = args.fsync;
+    config.auto_create_topics = args.auto_create_topics;
+    config.default_partitions = args.default_partitions;
+    config.retention_check_interval = Duration::from_millis(args.retention_check_ms.max(1));
+    let broker = tokio::task::spawn_blocking(move || Broker::open(config))
+        .await?
+        .with_context(|| format!("cannot open data dir {}", args.data_dir.display()))?;
+    broker.spawn_background_tasks();
+    println!(
+        "strait broker listening on {bound} (advertised {host}:{port}), data dir {}, fsync {}, cluster id {}, node {}, {} topics",
+        args.data_dir.display(),
+        broker.config.fsync,
+        broker.cluster_id,
+        broker.config.node_id,
+        broker.topics().len()
+    );
+    std::io::stdout().flush().ok();
+    let limits = ServerLimits {
+        max_frame_bytes: args.max_frame_bytes,
+        ..ServerLimits::default()
+    };
+    server::serve(broker, listener, limits, shutdown_signal())
+        .await
+        .context("closing the broker")?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the broker");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        _ = term.recv() => tracing::info!("terminated"),
+    }
+}
+
+async fn verify(data_dir: PathBuf) -> Result<()> {
+    if !data_dir.join("meta.properties").exists() {
+        bail!("{} is not a strait data dir (no meta.properties)", data_dir.display());
+    }
+    let dir = data_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        let stored = std::fs::read_to_string(dir.join("meta.properties")).unwrap_or_default();
+        let node_id = stored
+            .lines()
+            .find_map(|l| l.strip_prefix("node.id="))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(1);
+        let mut config = BrokerConfig::new(dir.clone(), "127.0.0.1".into(), 0);
+        config.node_id = node_id;
+        let broker = Broker::open(config)
+            .with_context(|| format!("cannot open data dir {}", dir.display()))?;
+        let mut failures = 0;
+        for topic in broker.topics() {
+            for p in topic.partitions() {
+                match p.verify() {
+                    Ok(r) => println!(
+                        "ok {}-{}: {} segments, {} batches, {} records, {} bytes",
+                        topic.name, p.index, r.segments, r.batches, r.records, r.bytes
+                    ),
+                    Err(e) => {
+                        failures += 1;
+                        println!("CORRUPT {}-{}: {e}", topic.name, p.index);
+                    }
+                }
+            }
+        }
+        broker.shutdown()?;
+        if failures > 0 {
+            bail!("{failures} partition logs failed verification");
+        }
+        Ok(())
+    })
+    .await?
+}
