@@ -322,7 +322,8 @@ pub(crate) mod test_batches {
         b.extend_from_slice(&records);
         let len = (b.len() - LOG_OVERHEAD) as i32;
         b[BATCH_LENGTH..BATCH_LENGTH + 4].copy_from_slice(&len.to_be_bytes());
-        b[PARTITION_LEADER_EPOCH..PARTITION_LEADER_EPOCH + 4].copy_from_slice(&(-1i32).to_be_bytes());
+        b[PARTITION_LEADER_EPOCH..PARTITION_LEADER_EPOCH + 4]
+            .copy_from_slice(&(-1i32).to_be_bytes());
         b[MAGIC] = 2;
         b[LAST_OFFSET_DELTA..LAST_OFFSET_DELTA + 4].copy_from_slice(&(n - 1).to_be_bytes());
         b[BASE_TIMESTAMP..BASE_TIMESTAMP + 8].copy_from_slice(&base_ts.to_be_bytes());
@@ -351,7 +352,10 @@ mod tests {
         assert_eq!(h.last_offset_delta, 2);
         stamp_offset_and_epoch(&mut b, 42, 7);
         let h = validate(&b).unwrap();
-        assert_eq!((h.base_offset, h.partition_leader_epoch, h.last_offset()), (42, 7, 44));
+        assert_eq!(
+            (h.base_offset, h.partition_leader_epoch, h.last_offset()),
+            (42, 7, 44)
+        );
     }
 
     #[test]
@@ -370,7 +374,10 @@ mod tests {
         b[last] ^= 1;
         assert!(matches!(validate(&b), Err(BatchError::CrcMismatch { .. })));
         let b = build(&[b"hello"], 1);
-        assert!(matches!(validate(&b[..b.len() - 1]), Err(BatchError::Truncated { .. })));
+        assert!(matches!(
+            validate(&b[..b.len() - 1]),
+            Err(BatchError::Truncated { .. })
+        ));
         let mut magic0 = b.clone();
         magic0[MAGIC] = 0;
         assert_eq!(validate(&magic0), Err(BatchError::UnsupportedMagic(0)));

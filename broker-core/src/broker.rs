@@ -179,7 +179,12 @@ pub struct Partition {
 }
 
 impl Partition {
-    fn open(topic: &str, index: i32, dir: &Path, config: &TopicConfig) -> Result<Self, BrokerError> {
+    fn open(
+        topic: &str,
+        index: i32,
+        dir: &Path,
+        config: &TopicConfig,
+    ) -> Result<Self, BrokerError> {
         let (log, report) = PartitionLog::open(dir, config.log_config())
             .map_err(|e| BrokerError::Log(format!("{topic}-{index}"), e))?;
         if report.truncated_bytes > 0 {
@@ -356,7 +361,10 @@ impl Partition {
     }
 
     fn try_start_sync(&self) -> bool {
-        let mut in_flight = self.sync_in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut in_flight = self
+            .sync_in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if *in_flight {
             false
         } else {
@@ -371,7 +379,10 @@ impl Partition {
         let target = self.lock().log.sync_target();
         let file = target.file.clone();
         let result = tokio::task::spawn_blocking(move || file.sync_data()).await;
-        *self.sync_in_flight.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        *self
+            .sync_in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = false;
         match result {
             Ok(Ok(())) => self.advance_high_watermark(target.end_offset, notify),
             Ok(Err(e)) => self.fail(format!("fsync failed: {e}")),
@@ -494,7 +505,10 @@ pub struct Topic {
 
 impl Topic {
     pub fn config(&self) -> TopicConfig {
-        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn partitions(&self) -> Vec<Arc<Partition>> {
@@ -506,7 +520,9 @@ impl Topic {
 
     pub fn partition(&self, index: i32) -> Option<Arc<Partition>> {
         let parts = self.partitions.read().unwrap_or_else(|p| p.into_inner());
-        usize::try_from(index).ok().and_then(|i| parts.get(i).cloned())
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| parts.get(i).cloned())
     }
 
     pub fn partition_count(&self) -> i32 {
@@ -586,9 +602,7 @@ impl Broker {
                     "is in use by another strait process (lock held on .lock)".into(),
                 ))
             }
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(dir_err(format!("cannot lock it: {e}")))
-            }
+            Err(fs::TryLockError::Error(e)) => return Err(dir_err(format!("cannot lock it: {e}"))),
         }
         let cluster_id = Self::load_identity(&config)?;
         let producer_ids = Self::load_producer_ids(&dir)?;
@@ -980,7 +994,12 @@ mod tests {
     use crate::batch::test_batches::build;
 
     fn open(dir: &Path) -> Arc<Broker> {
-        Broker::open(BrokerConfig::new(dir.to_path_buf(), "127.0.0.1".into(), 9092)).unwrap()
+        Broker::open(BrokerConfig::new(
+            dir.to_path_buf(),
+            "127.0.0.1".into(),
+            9092,
+        ))
+        .unwrap()
     }
 
     #[test]
@@ -1013,7 +1032,12 @@ mod tests {
         let p = b.partition("t", 1).unwrap();
         let cfg = TopicConfig::default();
         let out = p
-            .append_produced(build(&[b"a", b"b"], 1), &cfg, FsyncPolicy::Always, &b.data_arrived)
+            .append_produced(
+                build(&[b"a", b"b"], 1),
+                &cfg,
+                FsyncPolicy::Always,
+                &b.data_arrived,
+            )
             .unwrap();
         assert_eq!((out.base_offset, out.end_offset), (0, 2));
         assert_eq!(p.high_watermark(), 0, "not visible before it is durable");

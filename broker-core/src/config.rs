@@ -138,7 +138,10 @@ pub fn validate(name: &str, value: &str) -> Result<(), ConfigError> {
     };
     match def.kind {
         ConfigKind::Int => {
-            let v: i32 = value.trim().parse().map_err(|_| bad("not a 32-bit integer"))?;
+            let v: i32 = value
+                .trim()
+                .parse()
+                .map_err(|_| bad("not a 32-bit integer"))?;
             let min = match name {
                 SEGMENT_BYTES => 14,
                 MAX_MESSAGE_BYTES => 0,
@@ -149,15 +152,17 @@ pub fn validate(name: &str, value: &str) -> Result<(), ConfigError> {
             }
         }
         ConfigKind::Long => {
-            let v: i64 = value.trim().parse().map_err(|_| bad("not a 64-bit integer"))?;
+            let v: i64 = value
+                .trim()
+                .parse()
+                .map_err(|_| bad("not a 64-bit integer"))?;
             let min = if name == SEGMENT_MS { 1 } else { -1 };
             if v < min {
                 return Err(bad(&format!("must be at least {min}")));
             }
         }
         ConfigKind::String => {
-            if name == MESSAGE_TIMESTAMP_TYPE && value != "CreateTime" && value != "LogAppendTime"
-            {
+            if name == MESSAGE_TIMESTAMP_TYPE && value != "CreateTime" && value != "LogAppendTime" {
                 return Err(bad("must be CreateTime or LogAppendTime"));
             }
         }

@@ -77,6 +77,9 @@ mod tests {
         );
         assert!("interval:x".parse::<FsyncPolicy>().is_err());
         assert!("sometimes".parse::<FsyncPolicy>().is_err());
-        assert_eq!(FsyncPolicy::Interval(Duration::from_millis(7)).to_string(), "interval:7");
+        assert_eq!(
+            FsyncPolicy::Interval(Duration::from_millis(7)).to_string(),
+            "interval:7"
+        );
     }
 }

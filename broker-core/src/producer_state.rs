@@ -205,7 +205,10 @@ mod tests {
         assert!(t.check(&header(7, 1, 3, 1, 0)).is_err());
         // unknown producer must start at 0; non-idempotent batches always append
         assert!(t.check(&header(8, 0, 4, 1, 0)).is_err());
-        assert_eq!(t.check(&header(-1, -1, -1, 3, 0)), Ok(SequenceVerdict::Append));
+        assert_eq!(
+            t.check(&header(-1, -1, -1, 3, 0)),
+            Ok(SequenceVerdict::Append)
+        );
     }
 
     #[test]

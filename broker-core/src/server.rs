@@ -131,7 +131,10 @@ async fn read_frame(
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
-                format!("connection closed after {} of {len} frame bytes", body.len()),
+                format!(
+                    "connection closed after {} of {len} frame bytes",
+                    body.len()
+                ),
             )
             .into());
         }

@@ -175,7 +175,10 @@ async fn shutdown_signal() {
 
 async fn verify(data_dir: PathBuf) -> Result<()> {
     if !data_dir.join("meta.properties").exists() {
-        bail!("{} is not a strait data dir (no meta.properties)", data_dir.display());
+        bail!(
+            "{} is not a strait data dir (no meta.properties)",
+            data_dir.display()
+        );
     }
     let dir = data_dir.clone();
     tokio::task::spawn_blocking(move || {

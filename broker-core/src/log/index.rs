@@ -68,7 +68,7 @@ impl OffsetIndex {
     /// first entry (0, 0) when the segment holds data, both fields strictly increasing,
     /// positions inside the segment.
     pub fn decode(bytes: &[u8], segment_size: u64) -> Result<Self, String> {
-        if bytes.len() % OFFSET_ENTRY_LEN != 0 {
+        if !bytes.len().is_multiple_of(OFFSET_ENTRY_LEN) {
             return Err(format!(
                 "{} bytes is not a whole number of {OFFSET_ENTRY_LEN}-byte entries",
                 bytes.len()
@@ -152,7 +152,7 @@ impl TimeIndex {
     /// Decodes and checks a time index file: whole entries, first entry at relative offset 0
     /// when the segment holds data, timestamps strictly increasing, offsets non-decreasing.
     pub fn decode(bytes: &[u8], segment_size: u64) -> Result<Self, String> {
-        if bytes.len() % TIME_ENTRY_LEN != 0 {
+        if !bytes.len().is_multiple_of(TIME_ENTRY_LEN) {
             return Err(format!(
                 "{} bytes is not a whole number of {TIME_ENTRY_LEN}-byte entries",
                 bytes.len()

@@ -11,8 +11,8 @@ use crate::batch;
 
 use super::checkpoint;
 use super::files::{
-    self, index_path, io_err, log_path, parse_stem, time_index_path, CORRUPT_MARKER,
-    INDEX_SUFFIX, LOG_START_FILE, LOG_SUFFIX, TIME_INDEX_SUFFIX, TMP_SUFFIX,
+    self, index_path, io_err, log_path, parse_stem, time_index_path, CORRUPT_MARKER, INDEX_SUFFIX,
+    LOG_START_FILE, LOG_SUFFIX, TIME_INDEX_SUFFIX, TMP_SUFFIX,
 };
 use super::index::{OffsetIndex, TimeIndex};
 use super::segment::{last_offset_of, ScanError, Scanner, Segment, FULL_CHUNK, HEADER_CHUNK};
@@ -97,10 +97,7 @@ pub(crate) fn create_segment_file(dir: &Path, base: i64) -> Result<File, LogErro
         .truncate(false)
         .open(&path)
         .map_err(io_err("creating segment", &path))?;
-    let len = file
-        .metadata()
-        .map_err(io_err("inspecting", &path))?
-        .len();
+    let len = file.metadata().map_err(io_err("inspecting", &path))?.len();
     if len != 0 {
         return Err(LogError::Corrupt {
             path,
@@ -245,8 +242,10 @@ fn load_indexes(dir: &Path, segment: &mut Segment, file: &File) -> Result<(), St
     let read = |path: PathBuf| fs::read(&path).map_err(|e| format!("{}: {e}", path.display()));
     let offset_index =
         OffsetIndex::decode(&read(index_path(dir, segment.base_offset))?, segment.size)?;
-    let time_index =
-        TimeIndex::decode(&read(time_index_path(dir, segment.base_offset))?, segment.size)?;
+    let time_index = TimeIndex::decode(
+        &read(time_index_path(dir, segment.base_offset))?,
+        segment.size,
+    )?;
     let (Some(last_entry), Some(last_time)) = (offset_index.last(), time_index.last()) else {
         // Empty segment: nothing else to learn.
         return Ok(());
@@ -262,6 +261,12 @@ fn load_indexes(dir: &Path, segment: &mut Segment, file: &File) -> Result<(), St
             return Err(format!(
                 "batch at byte {pos} has base offset {}, expected {next}",
                 h.base_offset
+            ));
+        }
+        if h.max_timestamp > last_time.ts {
+            return Err(format!(
+                "time index ends at timestamp {} but the batch at offset {next} has {}",
+                last_time.ts, h.max_timestamp
             ));
         }
         next = last_offset_of(&h)
@@ -373,7 +378,13 @@ fn recover_active(
             if first_timestamp.is_none() {
                 first_timestamp = Some(h.max_timestamp);
             }
-            segment.on_batch(&h, last, pos, bytes.len() as u64, config.index_interval_bytes);
+            segment.on_batch(
+                &h,
+                last,
+                pos,
+                bytes.len() as u64,
+                config.index_interval_bytes,
+            );
             report.recovered_batches += 1;
         }
     }

@@ -5,13 +5,14 @@
 
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::batch::{self, BatchHeader, HEADER_LEN};
 
 use super::files::{self, index_path, log_path, time_index_path};
 use super::index::{OffsetIndex, TimeIndex};
-use super::LogError;
+use super::{LogError, VerifyReport};
 
 /// Read size when walking batch headers (locating an offset, scanning timestamps).
 pub(crate) const HEADER_CHUNK: usize = 8 * 1024;
@@ -28,7 +29,10 @@ pub(crate) fn last_offset_of(h: &BatchHeader) -> Option<i64> {
 pub(crate) enum ScanError {
     Io(io::Error),
     /// Bytes at `position` are not a complete, well-formed batch header/batch.
-    Bad { position: u64, reason: String },
+    Bad {
+        position: u64,
+        reason: String,
+    },
 }
 
 impl ScanError {
@@ -76,6 +80,15 @@ impl<'f> Scanner<'f> {
             return Ok(());
         }
         let avail = self.end.saturating_sub(pos);
+        if (n as u64) > avail {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{n} bytes requested at {pos} but the scanned range ends at {}",
+                    self.end
+                ),
+            ));
+        }
         let len = (n.max(self.chunk) as u64).min(avail) as usize;
         self.buf.clear();
         self.buf.resize(len, 0);
@@ -197,14 +210,22 @@ impl Segment {
 
     /// Records a batch of `len` bytes written at `pos` (which must be the current size and
     /// pass [`Self::can_index`]): indexes, running max timestamp, size, next offset.
-    pub fn on_batch(&mut self, h: &BatchHeader, last_offset: i64, pos: u64, len: u64, interval: u32) {
+    pub fn on_batch(
+        &mut self,
+        h: &BatchHeader,
+        last_offset: i64,
+        pos: u64,
+        len: u64,
+        interval: u32,
+    ) {
         let rel = self.rel(h.base_offset).unwrap_or(u32::MAX);
         if h.max_timestamp > self.max_timestamp || self.is_empty() {
             self.max_timestamp = h.max_timestamp;
             self.offset_of_max_timestamp = h.base_offset;
         }
         if self.offset_index.last().is_none() || self.bytes_since_index >= u64::from(interval) {
-            self.offset_index.push(rel, u32::try_from(pos).unwrap_or(u32::MAX));
+            self.offset_index
+                .push(rel, u32::try_from(pos).unwrap_or(u32::MAX));
             self.bytes_since_index = 0;
             let max_rel = self.rel(self.offset_of_max_timestamp).unwrap_or(rel);
             self.time_index.maybe_push(self.max_timestamp, max_rel);
@@ -225,7 +246,10 @@ impl Segment {
 
     /// Writes both index files (temp + fsync + rename); the caller fsyncs the directory.
     pub fn write_indexes(&self, dir: &Path) -> Result<(), LogError> {
-        files::replace_file(&index_path(dir, self.base_offset), &self.offset_index.encode())?;
+        files::replace_file(
+            &index_path(dir, self.base_offset),
+            &self.offset_index.encode(),
+        )?;
         files::replace_file(
             &time_index_path(dir, self.base_offset),
             &self.time_index.encode(),
@@ -278,7 +302,10 @@ impl Segment {
     pub fn locate(&self, file: &File, offset: i64) -> Result<(u64, BatchHeader), LogError> {
         let start = self.index_floor_pos(offset);
         let mut scan = Scanner::new(file, start, self.size, HEADER_CHUNK);
-        while let Some((pos, h)) = scan.next_header().map_err(|e| e.into_log_error(&self.path))? {
+        while let Some((pos, h)) = scan
+            .next_header()
+            .map_err(|e| e.into_log_error(&self.path))?
+        {
             let last = last_offset_of(&h)
                 .ok_or_else(|| self.corrupt(pos, "last offset overflows".to_string()))?;
             if last >= offset {
@@ -315,7 +342,10 @@ impl Segment {
         // Batches at or beyond max_offset start no earlier than the index entry at or after it.
         let mut limit = self.size;
         if max_offset < self.next_offset {
-            if let Some(e) = self.rel(max_offset).and_then(|r| self.offset_index.ceiling(r)) {
+            if let Some(e) = self
+                .rel(max_offset)
+                .and_then(|r| self.offset_index.ceiling(r))
+            {
                 if u64::from(e.pos) > start {
                     limit = u64::from(e.pos);
                 }
@@ -323,8 +353,8 @@ impl Segment {
         }
         let avail = limit.saturating_sub(start);
         let want = (max_bytes as u64).max(HEADER_LEN as u64).min(avail) as usize;
-        let mut buf =
-            files::read_exact_at(file, start, want).map_err(files::io_err("reading", &self.path))?;
+        let mut buf = files::read_exact_at(file, start, want)
+            .map_err(files::io_err("reading", &self.path))?;
         if buf.len() < HEADER_LEN {
             return Err(self.corrupt(start, format!("only {} bytes left for a batch", buf.len())));
         }
@@ -358,5 +388,82 @@ impl Segment {
         }
         buf.truncate(end);
         Ok(buf)
+    }
+
+    /// Full check of this segment's bytes against its metadata: every batch valid (header,
+    /// length, CRC-32C), offsets contiguous from the base, file size, end offset and max
+    /// timestamp as recorded, and every index entry at the start of the batch it names.
+    pub fn verify(&self, file: &File) -> Result<VerifyReport, LogError> {
+        let file_len = file
+            .metadata()
+            .map_err(files::io_err("inspecting", &self.path))?
+            .len();
+        if file_len != self.size {
+            return Err(self.corrupt(
+                self.size.min(file_len),
+                format!("file holds {file_len} bytes, the log {}", self.size),
+            ));
+        }
+        let mut counts = VerifyReport {
+            segments: 1,
+            ..VerifyReport::default()
+        };
+        let mut offsets = self.offset_index.entries().iter().peekable();
+        let mut times = self.time_index.entries().iter().peekable();
+        let mut next = self.base_offset;
+        let mut running_max: Option<i64> = None;
+        let mut scan = Scanner::new(file, 0, self.size, FULL_CHUNK);
+        while let Some((pos, bytes)) = scan
+            .next_batch()
+            .map_err(|e| e.into_log_error(&self.path))?
+        {
+            let h = batch::validate(bytes).map_err(|e| self.corrupt(pos, e.to_string()))?;
+            if h.base_offset != next {
+                let reason = format!("batch base offset {} but expected {next}", h.base_offset);
+                return Err(self.corrupt(pos, reason));
+            }
+            let last = last_offset_of(&h)
+                .ok_or_else(|| self.corrupt(pos, "last offset overflows".to_string()))?;
+            let rel = self.rel(h.base_offset);
+            if let Some(e) = offsets.next_if(|e| u64::from(e.pos) <= pos) {
+                if u64::from(e.pos) != pos || Some(e.rel) != rel {
+                    let reason = format!(
+                        "offset index entry ({}, {}) does not match the batch at offset {}",
+                        e.rel, e.pos, h.base_offset
+                    );
+                    return Err(self.corrupt(u64::from(e.pos), reason));
+                }
+            }
+            if let Some(t) = times.next_if(|t| rel.is_some_and(|r| t.rel <= r)) {
+                if Some(t.rel) != rel || t.ts != h.max_timestamp {
+                    let reason = format!(
+                        "time index entry ({}, {}) does not match the batch at offset {} \
+                         (max timestamp {})",
+                        t.ts, t.rel, h.base_offset, h.max_timestamp
+                    );
+                    return Err(self.corrupt(pos, reason));
+                }
+            }
+            if running_max.is_none_or(|m| h.max_timestamp > m) {
+                running_max = Some(h.max_timestamp);
+            }
+            next = last + 1;
+            counts.batches += 1;
+            counts.records += u64::from(h.last_offset_delta.unsigned_abs()) + 1;
+            counts.bytes += bytes.len() as u64;
+        }
+        if offsets.next().is_some() || times.next().is_some() {
+            let reason = "index entries point past the last batch".to_string();
+            return Err(self.corrupt(self.size, reason));
+        }
+        if next != self.next_offset || running_max.is_some_and(|m| m != self.max_timestamp) {
+            let reason = format!(
+                "segment ends before offset {next} with max timestamp {running_max:?}, but the \
+                 log recorded {} and {}",
+                self.next_offset, self.max_timestamp
+            );
+            return Err(self.corrupt(self.size, reason));
+        }
+        Ok(counts)
     }
 }

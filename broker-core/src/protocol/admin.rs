@@ -3,7 +3,9 @@
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::describe_configs_response::{
@@ -207,43 +209,49 @@ pub(super) fn create_partitions(
     ctx.respond(&CreatePartitionsResponse::default().with_results(results))
 }
 
-fn config_entry(
-    ctx: &Ctx,
-    name: &str,
-    value: Option<&str>,
+/// One config as DescribeConfigs reports it.
+struct Entry<'a> {
+    name: &'a str,
+    value: Option<&'a str>,
     source: i8,
     read_only: bool,
     kind: i8,
-    doc: &str,
-    include_synonyms: bool,
-    include_doc: bool,
-) -> DescribeConfigsResourceResult {
-    let mut e = DescribeConfigsResourceResult::default()
-        .with_name(str_bytes(name))
-        .with_value(value.map(str_bytes))
-        .with_read_only(read_only)
-        .with_config_source(source);
-    if include_synonyms && ctx.version >= 1 {
-        e = e.with_synonyms(vec![DescribeConfigsSynonym::default()
-            .with_name(str_bytes(name))
-            .with_value(value.map(str_bytes))
-            .with_source(source)]);
+    doc: &'a str,
+}
+
+/// What the request asked to include.
+#[derive(Clone, Copy)]
+struct Include {
+    synonyms: bool,
+    docs: bool,
+}
+
+fn config_entry(ctx: &Ctx, e: Entry<'_>, include: Include) -> DescribeConfigsResourceResult {
+    let mut r = DescribeConfigsResourceResult::default()
+        .with_name(str_bytes(e.name))
+        .with_value(e.value.map(str_bytes))
+        .with_read_only(e.read_only)
+        .with_config_source(e.source);
+    if include.synonyms && ctx.version >= 1 {
+        r = r.with_synonyms(vec![DescribeConfigsSynonym::default()
+            .with_name(str_bytes(e.name))
+            .with_value(e.value.map(str_bytes))
+            .with_source(e.source)]);
     }
     if ctx.version >= 3 {
-        e = e.with_config_type(kind);
-        if include_doc {
-            e = e.with_documentation(Some(str_bytes(doc)));
+        r = r.with_config_type(e.kind);
+        if include.docs {
+            r = r.with_documentation(Some(str_bytes(e.doc)));
         }
     }
-    e
+    r
 }
 
 fn describe_topic_configs(
     ctx: &Ctx,
     name: &str,
     keys: Option<&Vec<StrBytes>>,
-    synonyms: bool,
-    docs: bool,
+    include: Include,
 ) -> Result<Vec<DescribeConfigsResourceResult>, BrokerError> {
     let topic = ctx
         .broker
@@ -259,17 +267,15 @@ fn describe_topic_configs(
             } else {
                 SOURCE_DEFAULT
             };
-            config_entry(
-                ctx,
-                def.name,
-                config.value(def.name),
+            let entry = Entry {
+                name: def.name,
+                value: config.value(def.name),
                 source,
-                false,
-                def.kind.wire_code(),
-                def.doc,
-                synonyms,
-                docs,
-            )
+                read_only: false,
+                kind: def.kind.wire_code(),
+                doc: def.doc,
+            };
+            config_entry(ctx, entry, include)
         })
         .collect())
 }
@@ -278,8 +284,7 @@ fn describe_broker_configs(
     ctx: &Ctx,
     name: &str,
     keys: Option<&Vec<StrBytes>>,
-    synonyms: bool,
-    docs: bool,
+    include: Include,
 ) -> Result<Vec<DescribeConfigsResourceResult>, BrokerError> {
     let c = &ctx.broker.config;
     if !name.is_empty() && name != c.node_id.to_string() {
@@ -289,9 +294,24 @@ fn describe_broker_configs(
         )));
     }
     let entries: Vec<(&str, String, i8, &str)> = vec![
-        ("broker.id", c.node_id.to_string(), 3, "This broker's node id."),
-        ("node.id", c.node_id.to_string(), 3, "This broker's node id."),
-        ("log.dirs", c.data_dir.display().to_string(), 2, "The data directory."),
+        (
+            "broker.id",
+            c.node_id.to_string(),
+            3,
+            "This broker's node id.",
+        ),
+        (
+            "node.id",
+            c.node_id.to_string(),
+            3,
+            "This broker's node id.",
+        ),
+        (
+            "log.dirs",
+            c.data_dir.display().to_string(),
+            2,
+            "The data directory.",
+        ),
         (
             "advertised.listeners",
             format!("PLAINTEXT://{}:{}", c.advertised_host, c.advertised_port),
@@ -304,14 +324,32 @@ fn describe_broker_configs(
             1,
             "Whether Metadata requests create missing topics.",
         ),
-        ("num.partitions", c.default_partitions.to_string(), 3, "Partitions of auto-created topics."),
-        ("strait.fsync", c.fsync.to_string(), 2, "When partition data is fsynced."),
+        (
+            "num.partitions",
+            c.default_partitions.to_string(),
+            3,
+            "Partitions of auto-created topics.",
+        ),
+        (
+            "strait.fsync",
+            c.fsync.to_string(),
+            2,
+            "When partition data is fsynced.",
+        ),
     ];
     Ok(entries
         .into_iter()
         .filter(|(n, ..)| keys.is_none_or(|k| k.iter().any(|k| k.as_str() == *n)))
         .map(|(n, v, kind, doc)| {
-            config_entry(ctx, n, Some(&v), SOURCE_STATIC_BROKER, true, kind, doc, synonyms, docs)
+            let entry = Entry {
+                name: n,
+                value: Some(&v),
+                source: SOURCE_STATIC_BROKER,
+                read_only: true,
+                kind,
+                doc,
+            };
+            config_entry(ctx, entry, include)
         })
         .collect())
 }
@@ -325,21 +363,13 @@ pub(super) fn describe_configs(
         .iter()
         .map(|r| {
             let keys = r.configuration_keys.as_ref();
+            let include = Include {
+                synonyms: req.include_synonyms,
+                docs: req.include_documentation,
+            };
             let described = match r.resource_type {
-                RESOURCE_TOPIC => describe_topic_configs(
-                    ctx,
-                    &r.resource_name,
-                    keys,
-                    req.include_synonyms,
-                    req.include_documentation,
-                ),
-                RESOURCE_BROKER => describe_broker_configs(
-                    ctx,
-                    &r.resource_name,
-                    keys,
-                    req.include_synonyms,
-                    req.include_documentation,
-                ),
+                RESOURCE_TOPIC => describe_topic_configs(ctx, &r.resource_name, keys, include),
+                RESOURCE_BROKER => describe_broker_configs(ctx, &r.resource_name, keys, include),
                 other => Err(BrokerError::InvalidPartitions(format!(
                     "config resource type {other} is not supported"
                 ))),
@@ -401,15 +431,20 @@ pub(super) fn alter_configs(ctx: &Ctx, req: AlterConfigsRequest) -> Result<Reply
         .iter()
         .map(|r| {
             // AlterConfigs replaces the whole set of overrides.
-            let (code, message) =
-                alter_topic(ctx, r.resource_type, &r.resource_name, req.validate_only, |cfg| {
+            let (code, message) = alter_topic(
+                ctx,
+                r.resource_type,
+                &r.resource_name,
+                req.validate_only,
+                |cfg| {
                     *cfg = TopicConfig::from_pairs(
                         r.configs
                             .iter()
                             .map(|c| (c.name.as_str(), c.value.as_ref().map(|v| v.as_str()))),
                     )?;
                     Ok(())
-                });
+                },
+            );
             alter_configs_response::AlterConfigsResourceResponse::default()
                 .with_resource_type(r.resource_type)
                 .with_resource_name(r.resource_name.clone())
@@ -434,7 +469,11 @@ fn apply_incremental(
 ) -> Result<(), ConfigError> {
     let def = config::definition(name).ok_or_else(|| ConfigError::Unknown(name.to_string()))?;
     let list_op = |current: &str, v: &str, append: bool| -> String {
-        let mut items: Vec<&str> = current.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let mut items: Vec<&str> = current
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
         if append {
             if !items.contains(&v) {
                 items.push(v);
@@ -445,7 +484,10 @@ fn apply_incremental(
         items.join(",")
     };
     match op {
-        OP_SET => cfg.set(name, value.ok_or_else(|| ConfigError::Null(name.to_string()))?),
+        OP_SET => cfg.set(
+            name,
+            value.ok_or_else(|| ConfigError::Null(name.to_string()))?,
+        ),
         OP_DELETE => cfg.remove(name),
         OP_APPEND | OP_SUBTRACT if def.kind == config::ConfigKind::List => {
             let v = value.ok_or_else(|| ConfigError::Null(name.to_string()))?;
@@ -468,8 +510,12 @@ pub(super) fn incremental_alter_configs(
         .resources
         .iter()
         .map(|r| {
-            let (code, message) =
-                alter_topic(ctx, r.resource_type, &r.resource_name, req.validate_only, |cfg| {
+            let (code, message) = alter_topic(
+                ctx,
+                r.resource_type,
+                &r.resource_name,
+                req.validate_only,
+                |cfg| {
                     for c in &r.configs {
                         apply_incremental(
                             cfg,
@@ -479,7 +525,8 @@ pub(super) fn incremental_alter_configs(
                         )?;
                     }
                     Ok(())
-                });
+                },
+            );
             incremental_alter_configs_response::AlterConfigsResourceResponse::default()
                 .with_resource_type(r.resource_type)
                 .with_resource_name(r.resource_name.clone())

@@ -96,8 +96,8 @@ fn collect(ctx: &Ctx, req: &FetchRequest) -> Collected {
 
 pub(super) fn fetch(ctx: Ctx, req: FetchRequest) -> Result<Reply, ProtocolError> {
     if ctx.version >= 7 && req.session_id != 0 {
-        let body = FetchResponse::default()
-            .with_error_code(ResponseError::FetchSessionIdNotFound.code());
+        let body =
+            FetchResponse::default().with_error_code(ResponseError::FetchSessionIdNotFound.code());
         return ctx.respond(&body);
     }
     let min_bytes = req.min_bytes.max(0) as usize;

@@ -74,10 +74,16 @@ pub(super) fn metadata(ctx: &Ctx, req: MetadataRequest) -> Result<Reply, Protoco
     let broker = &ctx.broker;
     let topics = match &req.topics {
         // null = all topics (v0: an empty list also means all)
-        None => broker.topics().iter().map(|t| topic_entry(ctx, t)).collect(),
-        Some(list) if list.is_empty() && ctx.version == 0 => {
-            broker.topics().iter().map(|t| topic_entry(ctx, t)).collect()
-        }
+        None => broker
+            .topics()
+            .iter()
+            .map(|t| topic_entry(ctx, t))
+            .collect(),
+        Some(list) if list.is_empty() && ctx.version == 0 => broker
+            .topics()
+            .iter()
+            .map(|t| topic_entry(ctx, t))
+            .collect(),
         Some(list) => {
             let auto_create = broker.config.auto_create_topics
                 && (ctx.version < 4 || req.allow_auto_topic_creation);

@@ -27,7 +27,8 @@ use crate::broker::{Broker, BrokerError};
 use crate::log::LogError;
 
 /// A response still being computed (acks=-1 produce, long-poll fetch).
-pub type PendingReply = Pin<Box<dyn Future<Output = Result<Option<BytesMut>, ProtocolError>> + Send>>;
+pub type PendingReply =
+    Pin<Box<dyn Future<Output = Result<Option<BytesMut>, ProtocolError>> + Send>>;
 
 /// What the connection does after a request.
 pub enum Reply {
@@ -98,17 +99,12 @@ pub fn encode_response<R: Encodable + HeaderVersion>(
     let header_version = R::header_version(api_version);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     let enc = |e: anyhow::Error| ProtocolError::Encode(e.to_string());
-    let size = header
-        .compute_size(header_version)
-        .map_err(enc)?
+    let size = header.compute_size(header_version).map_err(enc)?
         + body.compute_size(api_version).map_err(enc)?;
     let mut out = BytesMut::with_capacity(4 + size);
     out.put_i32(size as i32);
-    header
-        .encode(&mut out, header_version)
-        .map_err(enc)?;
-    body.encode(&mut out, api_version)
-        .map_err(enc)?;
+    header.encode(&mut out, header_version).map_err(enc)?;
+    body.encode(&mut out, api_version).map_err(enc)?;
     Ok(out)
 }
 
@@ -170,9 +166,7 @@ pub fn handle(broker: &Arc<Broker>, mut frame: Bytes) -> Result<Reply, ProtocolE
         version,
     };
     match request {
-        RequestKind::ApiVersions(_) => {
-            ctx.respond(&metadata::api_versions_body(0))
-        }
+        RequestKind::ApiVersions(_) => ctx.respond(&metadata::api_versions_body(0)),
         RequestKind::Metadata(r) => metadata::metadata(&ctx, r),
         RequestKind::Produce(r) => produce::produce(ctx, r),
         RequestKind::Fetch(r) => fetch::fetch(ctx, r),

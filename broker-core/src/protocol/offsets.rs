@@ -73,8 +73,8 @@ pub(super) fn list_offsets(ctx: &Ctx, req: ListOffsetsRequest) -> Result<Reply, 
                 .partitions
                 .iter()
                 .map(|p| {
-                    let resp =
-                        ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
+                    let resp = ListOffsetsPartitionResponse::default()
+                        .with_partition_index(p.partition_index);
                     let result = ctx
                         .broker
                         .partition(&t.name, p.partition_index)
@@ -152,9 +152,9 @@ pub(super) fn offset_for_leader_epoch(
                         Ok(_) if p.current_leader_epoch > LEADER_EPOCH => {
                             resp.with_error_code(ResponseError::UnknownLeaderEpoch.code())
                         }
-                        Ok(_) if p.leader_epoch > LEADER_EPOCH => resp
-                            .with_leader_epoch(-1)
-                            .with_end_offset(-1),
+                        Ok(_) if p.leader_epoch > LEADER_EPOCH => {
+                            resp.with_leader_epoch(-1).with_end_offset(-1)
+                        }
                         Ok(part) => resp
                             .with_leader_epoch(LEADER_EPOCH)
                             .with_end_offset(part.high_watermark()),

@@ -76,7 +76,10 @@ fn build_response(version: i16, topics: &[(TopicName, Vec<PartitionResult>)]) ->
                 TopicProduceResponse::default()
                     .with_name(name.clone())
                     .with_partition_responses(
-                        parts.iter().map(|p| partition_response(version, p)).collect(),
+                        parts
+                            .iter()
+                            .map(|p| partition_response(version, p))
+                            .collect(),
                     )
             })
             .collect(),
@@ -109,7 +112,7 @@ fn uniform_error(topics: &[(TopicName, Vec<PartitionResult>)], code: i16) -> Pro
 
 pub(super) fn produce(ctx: Ctx, req: ProduceRequest) -> Result<Reply, ProtocolError> {
     let acks = req.acks;
-    let valid_acks = matches!(acks, -1 | 0 | 1);
+    let valid_acks = (-1..=1).contains(&acks);
     let transactional = req.transactional_id.is_some();
     let mut topics = Vec::with_capacity(req.topic_data.len());
     for t in &req.topic_data {

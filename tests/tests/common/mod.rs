@@ -1,0 +1,755 @@
+//! Shared helpers of Strait's end-to-end tests: locating the `strait` binary, starting and
+//! stopping broker processes (each test kills only the processes it started, also when it
+//! panics), admin operations through rdkafka, a minimal raw Kafka protocol client built on
+//! kafka-protocol's encoders, a seeded RNG, and reading on-disk segment files.
+//!
+//! Each integration test file includes this module with `mod common;`; not every file uses
+//! every helper, hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, ensure, Context as _};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
+    RequestHeader, ResponseHeader,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
+};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+
+/// How long a broker may take to print its startup line.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a broker may take to exit after SIGTERM.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The line a broker prints on stdout once it accepts connections.
+pub const STARTUP_LINE: &str = "strait broker listening on ";
+
+/// The workspace root (the parent of this crate's directory).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests crate has a parent directory")
+        .to_path_buf()
+}
+
+/// The `strait` binary under test: `$STRAIT_BIN`, else `target/release/strait`, else
+/// `target/debug/strait` (under `$CARGO_TARGET_DIR` if set, else the workspace's `target/`).
+pub fn strait_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("STRAIT_BIN") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "STRAIT_BIN={} does not exist; build it with `cargo build --release -p linker`",
+            p.display()
+        );
+        return p;
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    for profile in ["release", "debug"] {
+        let p = target.join(profile).join("strait");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "no strait binary found (looked for $STRAIT_BIN, {0}/release/strait, {0}/debug/strait): \
+         run `cargo build --release -p linker` first",
+        target.display()
+    );
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (the OS picked it).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+/// Polls `cond` every 20 ms until it returns true or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A small deterministic PRNG (SplitMix64), so that failures reproduce from a printed seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator seeded from `$STRAIT_TEST_SEED` if set, else from the clock. Prints the seed.
+    pub fn from_env(test: &str) -> Rng {
+        let seed = match std::env::var("STRAIT_TEST_SEED") {
+            Ok(s) => s
+                .parse::<u64>()
+                .expect("STRAIT_TEST_SEED must be an unsigned integer"),
+            Err(_) => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(42),
+        };
+        println!("[{test}] random seed {seed} (rerun with STRAIT_TEST_SEED={seed})");
+        Rng::new(seed)
+    }
+
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..hi` (`hi` exclusive, `hi > lo`).
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo)
+    }
+
+    /// True with probability `1/n`.
+    pub fn one_in(&mut self, n: u64) -> bool {
+        self.next_u64().is_multiple_of(n)
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let r = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&r[..chunk.len()]);
+        }
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        self.fill(&mut v);
+        v
+    }
+}
+
+/// Options of `strait broker` beyond the data dir and listen address.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerOptions {
+    /// `--fsync` (always | interval:MS | never); broker default if `None`.
+    pub fsync: Option<String>,
+    /// `--auto-create-topics`; broker default if `None`.
+    pub auto_create_topics: Option<bool>,
+    /// `--retention-check-ms`; broker default if `None`.
+    pub retention_check_ms: Option<u64>,
+    /// Any further arguments, passed verbatim.
+    pub extra: Vec<String>,
+}
+
+/// One `strait broker` on 127.0.0.1 with its own temporary data directory. It can be killed
+/// and restarted on the same data dir and port. Dropping it SIGKILLs the process if it still
+/// runs (only the child this struct started) and removes the temporary directory (kept if
+/// `$STRAIT_KEEP_DATA` is set). If the test is panicking, the broker's recent stderr is
+/// printed to help diagnose.
+pub struct Broker {
+    root: Option<tempfile::TempDir>,
+    data_dir: PathBuf,
+    logs_dir: PathBuf,
+    port: u16,
+    options: BrokerOptions,
+    child: Option<Child>,
+    starts: u32,
+    bootstrap: String,
+    name: String,
+}
+
+impl Broker {
+    /// Starts a broker on a free port with a fresh data dir and waits for its startup line.
+    pub fn start(name: &str, options: BrokerOptions) -> Broker {
+        let root = tempfile::Builder::new()
+            .prefix(&format!("strait-{name}-"))
+            .tempdir()
+            .expect("create temp dir");
+        let data_dir = root.path().join("data");
+        let logs_dir = root.path().join("logs");
+        fs::create_dir_all(&logs_dir).expect("create logs dir");
+        let port = free_port();
+        let mut b = Broker {
+            root: Some(root),
+            data_dir,
+            logs_dir,
+            port,
+            options,
+            child: None,
+            starts: 0,
+            bootstrap: format!("127.0.0.1:{port}"),
+            name: name.to_string(),
+        };
+        b.restart();
+        b
+    }
+
+    /// `host:port` to give clients.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// PID of the running broker process.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("broker is not running").id()
+    }
+
+    /// Starts the broker process again (same data dir, port and options). Panics if it is
+    /// already running, exits early, or does not print its startup line within 30 s.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "broker already running");
+        self.starts += 1;
+        let n = self.starts;
+        let stdout_path = self.logs_dir.join(format!("stdout-{n}.log"));
+        let stderr_path = self.logs_dir.join(format!("stderr-{n}.log"));
+        let mut cmd = Command::new(strait_bin());
+        cmd.arg("broker")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port));
+        if let Some(f) = &self.options.fsync {
+            cmd.arg("--fsync").arg(f);
+        }
+        if let Some(a) = self.options.auto_create_topics {
+            cmd.arg("--auto-create-topics").arg(a.to_string());
+        }
+        if let Some(ms) = self.options.retention_check_ms {
+            cmd.arg("--retention-check-ms").arg(ms.to_string());
+        }
+        cmd.args(&self.options.extra);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout_path).expect("create stdout log"))
+            .stderr(fs::File::create(&stderr_path).expect("create stderr log"));
+        let started = Instant::now();
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("cannot run {}: {e}", strait_bin().display());
+        });
+        self.child = Some(child);
+        let deadline = started + STARTUP_TIMEOUT;
+        loop {
+            let out = fs::read_to_string(&stdout_path).unwrap_or_default();
+            if let Some(line) = out.lines().find(|l| l.starts_with(STARTUP_LINE)) {
+                let addr = line[STARTUP_LINE.len()..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .trim_end_matches([',', ';']);
+                assert!(
+                    addr.ends_with(&format!(":{}", self.port)),
+                    "startup line {line:?} does not name port {}",
+                    self.port
+                );
+                self.bootstrap = addr.to_string();
+                println!(
+                    "[{}] broker start #{n} pid {} on {} after {:?}",
+                    self.name,
+                    self.pid(),
+                    self.bootstrap,
+                    started.elapsed()
+                );
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {
+                self.child = None;
+                panic!(
+                    "strait broker exited with {status} before printing its startup line\n\
+                     --- stdout ---\n{out}\n--- stderr ---\n{}",
+                    tail(&stderr_path, 60)
+                );
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.as_mut().unwrap().kill();
+                let _ = self.child.as_mut().unwrap().wait();
+                self.child = None;
+                panic!(
+                    "strait broker printed no `{STARTUP_LINE}...` line within {STARTUP_TIMEOUT:?}\n\
+                     --- stdout ---\n{out}\n--- stderr ---\n{}",
+                    tail(&stderr_path, 60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process started last is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            None => false,
+            Some(c) => c.try_wait().expect("try_wait").is_none(),
+        }
+    }
+
+    /// Panics (with the broker's stderr) unless the broker process still runs.
+    pub fn assert_running(&mut self, context: &str) {
+        if !self.is_running() {
+            let status = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            panic!(
+                "broker is not running any more ({context}); exit status {status:?}\n--- stderr ---\n{}",
+                self.stderr_tail(80)
+            );
+        }
+    }
+
+    /// SIGKILLs the broker (our child only) and reaps it.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("broker is not running");
+        child.kill().expect("SIGKILL broker");
+        child.wait().expect("reap broker");
+    }
+
+    /// SIGTERMs the broker and waits up to 30 s for it to exit; returns its exit status.
+    /// SIGKILLs it (and panics) if it does not exit in time.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("broker is not running");
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: plain kill(2) on the PID of a child we spawned and have not reaped yet.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(
+            rc,
+            0,
+            "kill(SIGTERM) failed: {}",
+            io::Error::last_os_error()
+        );
+        let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "broker did not exit within {SHUTDOWN_TIMEOUT:?} of SIGTERM\n--- stderr ---\n{}",
+                    self.stderr_tail(60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Graceful stop: SIGTERM, and the broker must exit with status 0.
+    pub fn stop(&mut self) {
+        let status = self.terminate();
+        assert!(
+            status.success(),
+            "broker exited with {status} after SIGTERM (want 0)\n--- stderr ---\n{}",
+            self.stderr_tail(60)
+        );
+    }
+
+    /// Runs `strait log verify --data-dir DIR` (the broker must be stopped).
+    pub fn log_verify(&self) -> Output {
+        assert!(self.child.is_none(), "log verify needs a stopped broker");
+        Command::new(strait_bin())
+            .args(["log", "verify", "--data-dir"])
+            .arg(&self.data_dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run strait log verify")
+    }
+
+    /// The broker's resident set size in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS")
+    }
+
+    /// The broker's peak resident set size in KiB (`VmHWM`).
+    pub fn peak_rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM")
+    }
+
+    /// The last `n` lines of the current (or last) process's stderr.
+    pub fn stderr_tail(&self, n: usize) -> String {
+        tail(
+            &self.logs_dir.join(format!("stderr-{}.log", self.starts)),
+            n,
+        )
+    }
+
+    /// Directory of one partition's log files.
+    pub fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
+        self.data_dir
+            .join("topics")
+            .join(topic)
+            .join(partition.to_string())
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- [{}] broker stderr (last 40 lines of start #{}) ---\n{}",
+                self.name,
+                self.starts,
+                self.stderr_tail(40)
+            );
+        }
+        if std::env::var_os("STRAIT_KEEP_DATA").is_some() {
+            if let Some(root) = self.root.take() {
+                eprintln!("[{}] keeping {}", self.name, root.keep().display());
+            }
+        }
+    }
+}
+
+fn tail(path: &Path, n: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| format!("<cannot read: {e}>"));
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+// ---------------------------------------------------------------------------------------
+// rdkafka helpers
+
+/// A client config with the bootstrap address and short timeouts suitable for tests.
+pub fn client_config(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
+        .set("broker.address.family", "v4")
+        .set("socket.timeout.ms", "10000")
+        .set("reconnect.backoff.ms", "50")
+        .set("reconnect.backoff.max.ms", "500");
+    c
+}
+
+/// Runs an rdkafka admin future to completion on a private single-threaded runtime.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("tokio runtime")
+        .block_on(f)
+}
+
+pub fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
+    client_config(bootstrap)
+        .create()
+        .expect("create rdkafka AdminClient")
+}
+
+fn admin_opts() -> AdminOptions {
+    AdminOptions::new().request_timeout(Some(Duration::from_secs(20)))
+}
+
+/// Creates a topic with CreateTopics (replication factor 1); panics on any error.
+pub fn create_topic(bootstrap: &str, name: &str, partitions: i32, configs: &[(&str, &str)]) {
+    let a = admin(bootstrap);
+    let mut t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        t = t.set(k, v);
+    }
+    let res = block_on(a.create_topics([&t], &admin_opts())).expect("CreateTopics request");
+    for r in res {
+        if let Err((topic, code)) = r {
+            panic!("CreateTopics {topic}: {code:?}");
+        }
+    }
+}
+
+/// Sets topic configs with AlterConfigs (non-incremental: unnamed configs return to their
+/// defaults, so pass every non-default value); panics on any error.
+pub fn alter_topic_configs(bootstrap: &str, topic: &str, configs: &[(&str, &str)]) {
+    let a = admin(bootstrap);
+    let mut ac = AlterConfig::new(ResourceSpecifier::Topic(topic));
+    for (k, v) in configs {
+        ac = ac.set(k, v);
+    }
+    let res = block_on(a.alter_configs([&ac], &admin_opts())).expect("AlterConfigs request");
+    for r in res {
+        if let Err((spec, code)) = r {
+            panic!("AlterConfigs {spec:?}: {code:?}");
+        }
+    }
+}
+
+/// DescribeConfigs of a topic as name -> value.
+pub fn describe_topic_configs(bootstrap: &str, topic: &str) -> HashMap<String, Option<String>> {
+    let a = admin(bootstrap);
+    let res = block_on(a.describe_configs([&ResourceSpecifier::Topic(topic)], &admin_opts()))
+        .expect("DescribeConfigs request");
+    let r = res
+        .into_iter()
+        .next()
+        .expect("one DescribeConfigs result")
+        .unwrap_or_else(|e| panic!("DescribeConfigs {topic}: {e:?}"));
+    r.entries.into_iter().map(|e| (e.name, e.value)).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw Kafka protocol over std::net::TcpStream
+
+/// Encodes `[i32 length][request header][body]` for request `req` at `version`.
+pub fn encode_request<R: Request>(req: &R, version: i16, correlation_id: i32) -> Vec<u8> {
+    let header = RequestHeader::default()
+        .with_request_api_key(R::KEY)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str("strait-tests")));
+    let mut body = BytesMut::new();
+    header
+        .encode(&mut body, R::header_version(version))
+        .expect("encode request header");
+    req.encode(&mut body, version).expect("encode request body");
+    let mut frame = Vec::with_capacity(body.len() + 4);
+    frame.put_i32(body.len() as i32);
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// A blocking connection speaking the Kafka protocol, with 10 s socket timeouts.
+pub struct KafkaConn {
+    pub stream: TcpStream,
+    next_correlation_id: i32,
+}
+
+impl KafkaConn {
+    pub fn connect(addr: &str) -> io::Result<KafkaConn> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_nodelay(true)?;
+        Ok(KafkaConn {
+            stream,
+            next_correlation_id: 1,
+        })
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Reads one response frame (without its length prefix).
+    pub fn read_frame(&mut self) -> anyhow::Result<Bytes> {
+        let mut len = [0u8; 4];
+        self.stream
+            .read_exact(&mut len)
+            .context("reading response length")?;
+        let len = i32::from_be_bytes(len);
+        ensure!(
+            (0..=256 << 20).contains(&len),
+            "implausible response length {len}"
+        );
+        let mut buf = vec![0u8; len as usize];
+        self.stream
+            .read_exact(&mut buf)
+            .context("reading response body")?;
+        Ok(Bytes::from(buf))
+    }
+
+    /// Sends `req` at `version` and decodes its response (checking the correlation id and
+    /// that the body has no trailing bytes).
+    pub fn request<R: Request>(&mut self, req: &R, version: i16) -> anyhow::Result<R::Response> {
+        let cid = self.next_correlation_id;
+        self.next_correlation_id += 1;
+        self.send_raw(&encode_request(req, version, cid))
+            .context("sending request")?;
+        let mut frame = self.read_frame()?;
+        let hv = <R::Response as HeaderVersion>::header_version(version);
+        let header = ResponseHeader::decode(&mut frame, hv).context("decoding response header")?;
+        ensure!(
+            header.correlation_id == cid,
+            "correlation id {} in response, want {cid}",
+            header.correlation_id
+        );
+        let resp = R::Response::decode(&mut frame, version).context("decoding response body")?;
+        if frame.has_remaining() {
+            bail!(
+                "{} trailing bytes after the response body (api key {} v{version})",
+                frame.remaining(),
+                R::KEY
+            );
+        }
+        Ok(resp)
+    }
+
+    /// Waits up to `timeout` for the peer to close the connection, discarding anything it
+    /// sends. Returns true if it closed (EOF or reset).
+    pub fn closed_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .expect("set_read_timeout");
+            match self.stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+}
+
+/// An ApiVersions v3 request with the client software fields Kafka requires to be non-empty.
+pub fn api_versions_request() -> ApiVersionsRequest {
+    ApiVersionsRequest::default()
+        .with_client_software_name(StrBytes::from_static_str("strait-tests"))
+        .with_client_software_version(StrBytes::from_static_str("0.1.0"))
+}
+
+/// Opens a fresh connection and checks the broker answers ApiVersions v3 (error 0, Metadata
+/// and Produce advertised) and Metadata v12 (itself as the only broker, on `port`).
+pub fn assert_broker_answers(addr: &str, port: u16, context: &str) {
+    let check = || -> anyhow::Result<()> {
+        let mut c = KafkaConn::connect(addr)?;
+        let av: ApiVersionsResponse = c.request(&api_versions_request(), 3)?;
+        ensure!(av.error_code == 0, "ApiVersions error {}", av.error_code);
+        for key in [ApiKey::Metadata, ApiKey::Produce, ApiKey::Fetch] {
+            ensure!(
+                av.api_keys.iter().any(|k| k.api_key == key as i16),
+                "ApiVersions does not list {key:?}"
+            );
+        }
+        let md: MetadataResponse = c.request(&MetadataRequest::default().with_topics(None), 12)?;
+        ensure!(
+            md.brokers.len() == 1 && md.brokers[0].port == port as i32,
+            "Metadata brokers {:?}, want one broker on port {port}",
+            md.brokers
+        );
+        Ok(())
+    };
+    if let Err(e) = check() {
+        panic!("broker does not answer well-formed requests ({context}): {e:#}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// On-disk segment files
+
+/// The `*.log` segment files of a partition directory, sorted by name (= base offset).
+pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = match fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    v.sort();
+    v
+}
+
+/// The base offset encoded in a segment file name (`00000000000000001234.log`).
+pub fn segment_base_offset(path: &Path) -> Option<i64> {
+    path.file_stem()?.to_str()?.parse().ok()
+}
+
+/// Header fields of one stored RecordBatch v2.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredBatch {
+    pub base_offset: i64,
+    pub last_offset_delta: i32,
+    pub attributes: i16,
+    pub crc_ok: bool,
+}
+
+/// Parses the complete Kafka RecordBatch v2 entries of a segment file (stops at the first
+/// incomplete or non-v2 entry). Returns `None` if the file does not start with a v2 batch.
+pub fn stored_batches(path: &Path) -> Option<Vec<StoredBatch>> {
+    let data = fs::read(path).ok()?;
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while pos + 61 <= data.len() {
+        let b = &data[pos..];
+        if b[16] != 2 {
+            break;
+        }
+        let len = i32::from_be_bytes(b[8..12].try_into().unwrap());
+        if len < 49 || pos + 12 + len as usize > data.len() {
+            break;
+        }
+        let total = 12 + len as usize;
+        let crc = u32::from_be_bytes(b[17..21].try_into().unwrap());
+        out.push(StoredBatch {
+            base_offset: i64::from_be_bytes(b[0..8].try_into().unwrap()),
+            last_offset_delta: i32::from_be_bytes(b[23..27].try_into().unwrap()),
+            attributes: i16::from_be_bytes(b[21..23].try_into().unwrap()),
+            crc_ok: crc32c_castagnoli(&b[21..total]) == crc,
+        });
+        pos += total;
+    }
+    if out.is_empty() && !data.is_empty() {
+        return None;
+    }
+    Some(out)
+}
+
+/// CRC-32C (Castagnoli), bitwise; test-only, speed does not matter.
+pub fn crc32c_castagnoli(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in data {
+        crc ^= byte as u32;
+        for _ in 0..8 {
+            let mask = (crc & 1).wrapping_neg();
+            crc = (crc >> 1) ^ (0x82F6_3B78 & mask);
+        }
+    }
+    !crc
+}
