@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{client_config, create_topic, wait_until, Broker, BrokerOptions, Rng};
+use common::{
+    client_config, consumer_config, create_topic, wait_until, Broker, BrokerOptions, Rng,
+};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -222,10 +224,7 @@ fn acknowledged_messages_survive_sigkill() {
     // Restart and read everything back.
     broker.restart();
     let boot = broker.bootstrap().to_string();
-    let consumer: BaseConsumer = client_config(&boot)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "error")
+    let consumer: BaseConsumer = consumer_config(&boot, "error")
         .create()
         .expect("create consumer");
     let mut high = BTreeMap::new();

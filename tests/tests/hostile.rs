@@ -9,14 +9,14 @@ mod common;
 
 use std::io::Read;
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use common::{
     api_versions_request, assert_broker_answers, client_config, create_topic, encode_request,
-    Broker, BrokerOptions, KafkaConn, Rng,
+    poll_until, Broker, BrokerOptions, KafkaConn, Rng,
 };
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
@@ -334,7 +334,9 @@ fn test_records(n: usize, tag: &str) -> Vec<Record> {
             producer_epoch: -1,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: -1,
+            // base sequence -1 (no idempotence); the encoder groups records into one batch
+            // only while offset - sequence stays constant
+            sequence: i as i32 - 1,
             timestamp: common::now_ms(),
             key: Some(Bytes::from(format!("k{i}"))),
             value: Some(Bytes::from(format!("{tag}-value-{i}-padding-padding"))),
@@ -392,7 +394,7 @@ fn produce_with_corrupt_batch_gets_corrupt_message() {
     assert_eq!(
         produce_result(&r),
         (0, 0),
-        "valid batch: (error, base offset)"
+        "valid batch: (error, base offset); response {r:?}"
     );
 
     // Flip one byte of the last record: the CRC no longer matches.
@@ -451,7 +453,7 @@ fn produce_with_corrupt_batch_gets_corrupt_message() {
     assert_eq!(
         produce_result(&r),
         (0, N as i64),
-        "valid batch after the corrupt ones: (error, base offset)"
+        "valid batch after the corrupt ones: (error, base offset); response {r:?}"
     );
     let consumer: BaseConsumer = client_config(broker.bootstrap())
         .create()
@@ -574,11 +576,12 @@ fn random_frame(rng: &mut Rng, templates: &[Vec<u8>]) -> Vec<u8> {
     }
 }
 
-/// A connection whose responses are read and discarded by a helper thread, which also notes
-/// when the broker closes it.
+/// A connection whose responses are read and discarded by a helper thread, which counts the
+/// bytes received and notes when the broker closes the connection.
 struct FuzzConn {
     stream: TcpStream,
     closed: Arc<AtomicBool>,
+    received: Arc<AtomicU64>,
 }
 
 impl FuzzConn {
@@ -589,13 +592,20 @@ impl FuzzConn {
             .expect("write timeout");
         let mut reader = stream.try_clone().expect("clone");
         let closed = Arc::new(AtomicBool::new(false));
-        let flag = closed.clone();
+        let received = Arc::new(AtomicU64::new(0));
+        let (flag, count) = (closed.clone(), received.clone());
         std::thread::spawn(move || {
             let mut buf = [0u8; 8192];
-            while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
+            while let Ok(n @ 1..) = reader.read(&mut buf) {
+                count.fetch_add(n as u64, Ordering::SeqCst);
+            }
             flag.store(true, Ordering::SeqCst);
         });
-        FuzzConn { stream, closed }
+        FuzzConn {
+            stream,
+            closed,
+            received,
+        }
     }
 }
 
@@ -605,10 +615,53 @@ impl Drop for FuzzConn {
     }
 }
 
+/// What happened to the fuzz frames of one thread.
+#[derive(Debug, Default, Clone, Copy)]
+struct FuzzStats {
+    answered: u64,
+    closed: u64,
+    silent: u64,
+}
+
+/// Sends `frames` random frames; after each one waits (up to 100 ms) for an answer or for the
+/// broker to close the connection, and reconnects after a close.
+fn fuzz_thread(addr: &str, mut rng: Rng, tpl: &[Vec<u8>], frames: usize) -> FuzzStats {
+    let mut st = FuzzStats::default();
+    let mut conn = FuzzConn::open(addr);
+    for _ in 0..frames {
+        if conn.closed.load(Ordering::SeqCst) {
+            conn = FuzzConn::open(addr);
+        }
+        let frame = random_frame(&mut rng, tpl);
+        let before = conn.received.load(Ordering::SeqCst);
+        if std::io::Write::write_all(&mut conn.stream, &frame).is_err() {
+            st.closed += 1;
+            conn = FuzzConn::open(addr);
+            continue;
+        }
+        let ended = poll_until(
+            Duration::from_millis(100),
+            Duration::from_micros(200),
+            || conn.closed.load(Ordering::SeqCst) || conn.received.load(Ordering::SeqCst) > before,
+        );
+        if conn.closed.load(Ordering::SeqCst) {
+            st.closed += 1;
+        } else if ended {
+            st.answered += 1;
+        } else {
+            // No answer (e.g. acks=0, a long Fetch wait, or a length prefix that announced
+            // more bytes): start over on a new connection so frames stay aligned.
+            st.silent += 1;
+            conn = FuzzConn::open(addr);
+        }
+    }
+    st
+}
+
 #[test]
 fn random_frames_keep_the_broker_up_with_bounded_memory() {
     const THREADS: u64 = 4;
-    const FRAMES_PER_THREAD: usize = 1000;
+    const FRAMES_PER_THREAD: usize = 5000;
     let mut broker = hostile_broker("fuzz");
     let topic = "fuzz";
     create_topic(broker.bootstrap(), topic, 1, &[]);
@@ -619,34 +672,25 @@ fn random_frames_keep_the_broker_up_with_bounded_memory() {
         .map(|i| {
             let addr = broker.bootstrap().to_string();
             let tpl = tpl.clone();
-            std::thread::spawn(move || {
-                let mut rng = Rng::new(seed ^ (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                let mut conn = FuzzConn::open(&addr);
-                let mut reconnects = 0;
-                for _ in 0..FRAMES_PER_THREAD {
-                    if conn.closed.load(Ordering::SeqCst) {
-                        conn = FuzzConn::open(&addr);
-                        reconnects += 1;
-                    }
-                    let frame = random_frame(&mut rng, &tpl);
-                    if std::io::Write::write_all(&mut conn.stream, &frame).is_err() {
-                        conn = FuzzConn::open(&addr);
-                        reconnects += 1;
-                    }
-                }
-                reconnects
-            })
+            let rng = Rng::new(seed ^ (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            std::thread::spawn(move || fuzz_thread(&addr, rng, &tpl, FRAMES_PER_THREAD))
         })
         .collect();
-    let mut reconnects = 0;
+    let mut total = FuzzStats::default();
     for h in handles {
-        reconnects += h.join().expect("fuzz thread panicked");
+        let st = h.join().expect("fuzz thread panicked");
+        total.answered += st.answered;
+        total.closed += st.closed;
+        total.silent += st.silent;
     }
     println!(
-        "[fuzz] {} frames over {} connections in {:?}",
+        "[fuzz] {} frames in {:?}: {total:?}",
         THREADS as usize * FRAMES_PER_THREAD,
-        THREADS as usize + reconnects,
         t0.elapsed()
+    );
+    assert!(
+        total.answered > 0 && total.closed > 0,
+        "the fuzzer should both get answers and provoke closes: {total:?}"
     );
     check_alive(&mut broker, "after random frames");
     println!(

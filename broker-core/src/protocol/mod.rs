@@ -125,8 +125,24 @@ impl Ctx {
     }
 }
 
-/// Handles one request frame (without its length prefix).
-pub fn handle(broker: &Arc<Broker>, mut frame: Bytes) -> Result<Reply, ProtocolError> {
+/// A decoded request.
+pub struct Request {
+    pub api: ApiKey,
+    pub version: i16,
+    pub correlation_id: i32,
+    pub body: RequestKind,
+}
+
+/// What decoding a frame produced: a request, or an immediate reply (the KIP-511 ApiVersions
+/// fallback).
+pub enum Decoded {
+    Request(Box<Request>),
+    Reply(BytesMut),
+}
+
+/// Decodes one request frame (without its length prefix). Pure: no broker state, so the
+/// fuzzer and the hostile-input tests drive it directly. Never panics or aborts on any input.
+pub fn decode_request(mut frame: Bytes) -> Result<Decoded, ProtocolError> {
     if frame.len() < 8 {
         return Err(ProtocolError::ShortFrame(frame.len()));
     }
@@ -143,7 +159,7 @@ pub fn handle(broker: &Arc<Broker>, mut frame: Bytes) -> Result<Reply, ProtocolE
             // KIP-511: answer in v0 with UNSUPPORTED_VERSION and our ranges; the client
             // retries with a version we listed.
             let body = metadata::api_versions_body(ResponseError::UnsupportedVersion.code());
-            return Ok(Reply::Now(encode_response(correlation_id, 0, &body)?));
+            return Ok(Decoded::Reply(encode_response(correlation_id, 0, &body)?));
         }
         return Err(ProtocolError::UnsupportedVersion {
             api,
@@ -157,9 +173,27 @@ pub fn handle(broker: &Arc<Broker>, mut frame: Bytes) -> Result<Reply, ProtocolE
         version,
         reason: e.to_string(),
     };
-    let _header = RequestHeader::decode(&mut frame, api.request_header_version(version))
-        .map_err(malformed)?;
-    let request = RequestKind::decode(api, &mut frame, version).map_err(malformed)?;
+    RequestHeader::decode(&mut frame, api.request_header_version(version)).map_err(malformed)?;
+    let body = RequestKind::decode(api, &mut frame, version).map_err(malformed)?;
+    Ok(Decoded::Request(Box::new(Request {
+        api,
+        version,
+        correlation_id,
+        body,
+    })))
+}
+
+/// Handles one request frame (without its length prefix).
+pub fn handle(broker: &Arc<Broker>, frame: Bytes) -> Result<Reply, ProtocolError> {
+    let Request {
+        api,
+        version,
+        correlation_id,
+        body: request,
+    } = match decode_request(frame)? {
+        Decoded::Request(r) => *r,
+        Decoded::Reply(bytes) => return Ok(Reply::Now(bytes)),
+    };
     let ctx = Ctx {
         broker: broker.clone(),
         correlation_id,
@@ -224,4 +258,106 @@ pub(crate) fn error_message(e: &BrokerError) -> Option<StrBytes> {
 
 pub(crate) fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// xorshift64*: a tiny deterministic generator so failures reproduce from the printed seed.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+    }
+
+    fn header(api: i16, version: i16) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&api.to_be_bytes());
+        f.extend_from_slice(&version.to_be_bytes());
+        f.extend_from_slice(&7i32.to_be_bytes());
+        f.extend_from_slice(&(-1i16).to_be_bytes()); // null client id
+        f
+    }
+
+    #[test]
+    fn huge_element_counts_are_errors_not_aborts() {
+        // Metadata v4: topics array claiming 2^31-1 elements in a 4-byte body.
+        let mut f = header(3, 4);
+        f.extend_from_slice(&[0x7f, 0xff, 0xff, 0xff]);
+        assert!(matches!(
+            decode_request(Bytes::from(f)),
+            Err(ProtocolError::Malformed { .. })
+        ));
+        // Metadata v12 (flexible): header tag byte, then a compact array of 2^32-2 elements.
+        let mut f = header(3, 12);
+        f.push(0);
+        f.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(matches!(
+            decode_request(Bytes::from(f)),
+            Err(ProtocolError::Malformed { .. })
+        ));
+        // A string claiming more bytes than remain.
+        let mut f = header(19, 4); // CreateTopics v4
+        f.extend_from_slice(&1i32.to_be_bytes());
+        f.extend_from_slice(&0x7fffi16.to_be_bytes());
+        assert!(decode_request(Bytes::from(f)).is_err());
+    }
+
+    #[test]
+    fn unknown_api_and_versions() {
+        assert!(matches!(
+            decode_request(Bytes::from(header(999, 0))),
+            Err(ProtocolError::UnknownApiKey(999))
+        ));
+        assert!(matches!(
+            decode_request(Bytes::from(header(0, 13))),
+            Err(ProtocolError::UnsupportedVersion { .. })
+        ));
+        // ApiVersions v99: KIP-511 v0 reply with error 35
+        match decode_request(Bytes::from(header(18, 99))) {
+            Ok(Decoded::Reply(b)) => assert_eq!(&b[8..10], &35i16.to_be_bytes()),
+            _ => panic!("expected an immediate ApiVersions reply"),
+        }
+        assert!(matches!(
+            decode_request(Bytes::from_static(&[0, 3])),
+            Err(ProtocolError::ShortFrame(2))
+        ));
+    }
+
+    #[test]
+    fn random_frames_never_panic() {
+        let seed = std::env::var("STRAIT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0x5eed_1234_u64);
+        println!("seed {seed} (set STRAIT_SEED to reproduce)");
+        let mut rng = Rng(seed | 1);
+        let keys: Vec<i16> = ApiKey::iter()
+            .filter(|k| advertised(*k).is_some())
+            .map(|k| k as i16)
+            .collect();
+        for _ in 0..20_000 {
+            let key = keys[(rng.next() % keys.len() as u64) as usize];
+            let range = advertised(ApiKey::try_from(key).unwrap()).unwrap();
+            let span = (range.max - range.min + 1) as u64;
+            let version = range.min + (rng.next() % span) as i16;
+            let mut f = header(key, version);
+            let len = (rng.next() % 64) as usize;
+            for _ in 0..len {
+                // Bias towards 0x00 and 0xff, where lengths and counts are interesting.
+                let b = match rng.next() % 4 {
+                    0 => 0,
+                    1 => 0xff,
+                    _ => rng.next() as u8,
+                };
+                f.push(b);
+            }
+            let _ = decode_request(Bytes::from(f));
+        }
+    }
 }

@@ -86,7 +86,13 @@ pub fn now_ms() -> i64 {
 }
 
 /// Polls `cond` every 20 ms until it returns true or `timeout` passes; returns whether it held.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+pub fn wait_until(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
+    poll_until(timeout, Duration::from_millis(20), cond)
+}
+
+/// Polls `cond` every `interval` until it returns true or `timeout` passes; returns whether
+/// it held.
+pub fn poll_until(timeout: Duration, interval: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if cond() {
@@ -95,7 +101,7 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(interval);
     }
 }
 
@@ -465,6 +471,17 @@ pub fn client_config(bootstrap: &str) -> ClientConfig {
         .set("socket.timeout.ms", "10000")
         .set("reconnect.backoff.ms", "50")
         .set("reconnect.backoff.max.ms", "500");
+    c
+}
+
+/// A consumer config for `assign()`-only consumers: librdkafka's assign() needs a `group.id`,
+/// but the tests never subscribe or commit (the broker has no consumer groups yet).
+pub fn consumer_config(bootstrap: &str, auto_offset_reset: &str) -> ClientConfig {
+    let mut c = client_config(bootstrap);
+    c.set("group.id", "strait-tests-assign-only")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", auto_offset_reset);
     c
 }
 
