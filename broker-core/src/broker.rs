@@ -19,6 +19,7 @@ use crate::batch::{self, BatchError, BatchHeader};
 use crate::config::{ConfigError, TopicConfig};
 use crate::durability::FsyncPolicy;
 use crate::fsutil::{parse_properties, sync_dir, write_atomic};
+use crate::group::GroupCoordinator;
 use crate::log::{LogError, PartitionLog};
 use crate::producer_state::{ProducerStateTable, SequenceError, SequenceVerdict};
 
@@ -41,6 +42,8 @@ pub struct BrokerConfig {
     pub auto_create_topics: bool,
     pub default_partitions: i32,
     pub retention_check_interval: Duration,
+    /// Offsets of a group with no members expire this long after its last commit.
+    pub offsets_retention: Duration,
 }
 
 impl BrokerConfig {
@@ -55,6 +58,7 @@ impl BrokerConfig {
             auto_create_topics: true,
             default_partitions: 1,
             retention_check_interval: Duration::from_secs(30),
+            offsets_retention: crate::group::DEFAULT_OFFSETS_RETENTION,
         }
     }
 }
@@ -570,6 +574,8 @@ pub struct Broker {
     /// Signalled whenever a high watermark advances: wakes long-polling fetches.
     pub data_arrived: Notify,
     producer_ids: Mutex<ProducerIdBlock>,
+    /// The group coordinator: this broker coordinates every group.
+    pub groups: Arc<GroupCoordinator>,
     _lock_file: fs::File,
 }
 
@@ -609,6 +615,8 @@ impl Broker {
         fs::create_dir_all(dir.join("topics"))
             .map_err(BrokerError::io("creating topics directory"))?;
         Self::purge_deleted(&dir);
+        let groups = GroupCoordinator::open(&dir.join("groups"), config.offsets_retention)
+            .map_err(|e| BrokerError::DataDir(dir.clone(), format!("group offsets: {e}")))?;
 
         let broker = Broker {
             config,
@@ -617,6 +625,7 @@ impl Broker {
             admin_lock: Mutex::new(()),
             data_arrived: Notify::new(),
             producer_ids: Mutex::new(producer_ids),
+            groups: Arc::new(groups),
             _lock_file: lock_file,
         };
         broker.load_topics()?;
@@ -864,6 +873,15 @@ impl Broker {
         let target = graveyard.join(format!("{}-{}", name, topic.id.simple()));
         fs::rename(&topic.dir, &target).map_err(BrokerError::io("moving deleted topic"))?;
         sync_dir(&self.topics_dir()).map_err(BrokerError::io("syncing topics dir"))?;
+        match self.groups.offsets.delete_topic(name) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(topic = %name, offsets = n, "removed committed offsets of the deleted topic")
+            }
+            Err(e) => {
+                tracing::error!(topic = %name, error = %e, "could not remove committed offsets")
+            }
+        }
         std::thread::spawn(move || {
             if let Err(e) = fs::remove_dir_all(&target) {
                 tracing::warn!(error = %e, path = %target.display(), "could not remove deleted topic files");
@@ -939,6 +957,7 @@ impl Broker {
 
     /// Starts retention and (for `interval:MS`) the periodic fsync. Runs until the process ends.
     pub fn spawn_background_tasks(self: &Arc<Self>) {
+        self.groups.spawn_timers();
         let broker = self.clone();
         let every = self.config.retention_check_interval;
         tokio::spawn(async move {
@@ -983,6 +1002,9 @@ impl Broker {
                     first_error.get_or_insert(e);
                 }
             }
+        }
+        if let Err(e) = self.groups.offsets.flush() {
+            tracing::error!(error = %e, "flushing group offsets failed");
         }
         first_error.map_or(Ok(()), Err)
     }

@@ -6,6 +6,7 @@
 //! - [`producer_state`]: idempotent-producer sequence checks (sans-IO).
 //! - [`config`]: the topic configs Strait implements.
 //! - [`durability`]: the fsync policy.
+//! - [`group`]: the consumer-group coordinator and durable committed offsets.
 //! - [`broker`]: broker state: topics, partitions, high watermarks, background tasks.
 //! - [`protocol`]: Kafka request dispatch and handlers (sans-IO: frame in, reply out).
 //! - [`server`]: the TCP listener and per-connection request pipeline.
@@ -15,6 +16,7 @@ pub mod broker;
 pub mod config;
 pub mod durability;
 mod fsutil;
+pub mod group;
 pub mod log;
 pub mod producer_state;
 pub mod protocol;

@@ -75,7 +75,8 @@ pub async fn serve(
                 let limits = limits.clone();
                 let connections = connections.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle_connection(broker, stream, &limits).await {
+                    let host = format!("/{}", peer.ip());
+                    if let Err(e) = handle_connection(broker, stream, &host, &limits).await {
                         tracing::debug!(%peer, error = %e, "connection closed");
                     }
                     connections.fetch_sub(1, Ordering::Relaxed);
@@ -145,6 +146,7 @@ async fn read_frame(
 async fn handle_connection(
     broker: Arc<Broker>,
     stream: TcpStream,
+    client_host: &str,
     limits: &ServerLimits,
 ) -> Result<(), ConnectionError> {
     stream.set_nodelay(true)?;
@@ -153,7 +155,7 @@ async fn handle_connection(
     let writer_task = tokio::spawn(write_replies(writer, rx));
     let result = async {
         while let Some(frame) = read_frame(&mut reader, limits.max_frame_bytes).await? {
-            let reply = protocol::handle(&broker, frame)?;
+            let reply = protocol::handle(&broker, frame, client_host)?;
             if tx.send(reply).await.is_err() {
                 break; // the writer failed: the peer is gone
             }

@@ -1,5 +1,5 @@
 //! Administrative APIs: topics (create, delete, add partitions), configs (describe, alter,
-//! incremental alter), DescribeCluster and ListGroups.
+//! incremental alter) and DescribeCluster.
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
@@ -17,7 +17,7 @@ use kafka_protocol::messages::{
     CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
     DescribeClusterRequest, DescribeClusterResponse, DescribeConfigsRequest,
     DescribeConfigsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
-    ListGroupsRequest, ListGroupsResponse, TopicName,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -550,9 +550,4 @@ pub(super) fn describe_cluster(
             .with_host(str_bytes(&c.advertised_host))
             .with_port(c.advertised_port)]);
     ctx.respond(&body)
-}
-
-/// There is no group coordinator yet, so no group exists: the empty list is the truth.
-pub(super) fn list_groups(ctx: &Ctx, _req: ListGroupsRequest) -> Result<Reply, ProtocolError> {
-    ctx.respond(&ListGroupsResponse::default())
 }

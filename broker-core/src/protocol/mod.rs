@@ -8,6 +8,7 @@
 
 mod admin;
 mod fetch;
+mod groups;
 mod metadata;
 mod offsets;
 mod produce;
@@ -74,7 +75,17 @@ pub fn advertised(key: ApiKey) -> Option<VersionRange> {
         ApiKey::Fetch => r(4, 12),
         ApiKey::ListOffsets => r(1, 10),
         ApiKey::Metadata => r(0, 12),
+        ApiKey::OffsetCommit => r(2, 9),
+        ApiKey::OffsetFetch => r(1, 9),
+        ApiKey::FindCoordinator => r(0, 6),
+        ApiKey::JoinGroup => r(0, 9),
+        ApiKey::Heartbeat => r(0, 4),
+        ApiKey::LeaveGroup => r(0, 5),
+        ApiKey::SyncGroup => r(0, 5),
+        ApiKey::DescribeGroups => r(0, 5),
         ApiKey::ListGroups => r(0, 5),
+        ApiKey::DeleteGroups => r(0, 2),
+        ApiKey::OffsetDelete => r(0, 0),
         ApiKey::ApiVersions => r(0, 4),
         ApiKey::CreateTopics => r(2, 7),
         ApiKey::DeleteTopics => r(1, 6),
@@ -113,6 +124,9 @@ pub(crate) struct Ctx {
     pub broker: Arc<Broker>,
     pub correlation_id: i32,
     pub version: i16,
+    pub client_id: String,
+    /// The peer's address as Kafka shows it (`/127.0.0.1`).
+    pub client_host: String,
 }
 
 impl Ctx {
@@ -130,6 +144,7 @@ pub struct Request {
     pub api: ApiKey,
     pub version: i16,
     pub correlation_id: i32,
+    pub client_id: String,
     pub body: RequestKind,
 }
 
@@ -173,22 +188,30 @@ pub fn decode_request(mut frame: Bytes) -> Result<Decoded, ProtocolError> {
         version,
         reason: e.to_string(),
     };
-    RequestHeader::decode(&mut frame, api.request_header_version(version)).map_err(malformed)?;
+    let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
+        .map_err(malformed)?;
+    let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();
     let body = RequestKind::decode(api, &mut frame, version).map_err(malformed)?;
     Ok(Decoded::Request(Box::new(Request {
         api,
         version,
         correlation_id,
+        client_id,
         body,
     })))
 }
 
 /// Handles one request frame (without its length prefix).
-pub fn handle(broker: &Arc<Broker>, frame: Bytes) -> Result<Reply, ProtocolError> {
+pub fn handle(
+    broker: &Arc<Broker>,
+    frame: Bytes,
+    client_host: &str,
+) -> Result<Reply, ProtocolError> {
     let Request {
         api,
         version,
         correlation_id,
+        client_id,
         body: request,
     } = match decode_request(frame)? {
         Decoded::Request(r) => *r,
@@ -198,6 +221,8 @@ pub fn handle(broker: &Arc<Broker>, frame: Bytes) -> Result<Reply, ProtocolError
         broker: broker.clone(),
         correlation_id,
         version,
+        client_id,
+        client_host: client_host.to_string(),
     };
     match request {
         RequestKind::ApiVersions(_) => ctx.respond(&metadata::api_versions_body(0)),
@@ -215,7 +240,17 @@ pub fn handle(broker: &Arc<Broker>, frame: Bytes) -> Result<Reply, ProtocolError
         RequestKind::AlterConfigs(r) => admin::alter_configs(&ctx, r),
         RequestKind::IncrementalAlterConfigs(r) => admin::incremental_alter_configs(&ctx, r),
         RequestKind::DescribeCluster(r) => admin::describe_cluster(&ctx, r),
-        RequestKind::ListGroups(r) => admin::list_groups(&ctx, r),
+        RequestKind::FindCoordinator(r) => groups::find_coordinator(&ctx, r),
+        RequestKind::JoinGroup(r) => groups::join_group(ctx, r),
+        RequestKind::SyncGroup(r) => groups::sync_group(ctx, r),
+        RequestKind::Heartbeat(r) => groups::heartbeat(&ctx, r),
+        RequestKind::LeaveGroup(r) => groups::leave_group(&ctx, r),
+        RequestKind::OffsetCommit(r) => groups::offset_commit(ctx, r),
+        RequestKind::OffsetFetch(r) => groups::offset_fetch(&ctx, r),
+        RequestKind::ListGroups(r) => groups::list_groups(&ctx, r),
+        RequestKind::DescribeGroups(r) => groups::describe_groups(&ctx, r),
+        RequestKind::DeleteGroups(r) => groups::delete_groups(&ctx, r),
+        RequestKind::OffsetDelete(r) => groups::offset_delete(&ctx, r),
         _ => Err(ProtocolError::NotImplemented { api, version }),
     }
 }
