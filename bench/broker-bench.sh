@@ -20,7 +20,7 @@
 #   the broker's fdatasync/fsync calls and time (perf trace, if perf works here).
 #
 # Env knobs: ROUNDS (3) SEED (random) N100 (2000000) N1K (1000000) CK_N100 (1000000)
-#   CK_N1K (300000) TANSU_N100 (200000) TANSU_N1K (50000) TANSU_CK_N100 (200000)
+#   CK_N1K (300000) TANSU_N100 (200000) TANSU_N1K (100000) TANSU_CK_N100 (200000)
 #   TANSU_CK_N1K (50000) STRAIT (target/release/strait) PEERS (/tmp/peers)
 #   VARIANTS ("strait strait_i5 tansu") TANSU_ENGINE (sqlite, as in BASELINE-tansu.md)
 #   KEEP=1 keeps the work dir. OUT (work dir/results.tsv).
@@ -42,7 +42,7 @@ ROUNDS=${ROUNDS:-3}
 SEED=${SEED:-$((RANDOM * 32768 + RANDOM))}
 N100=${N100:-2000000}; N1K=${N1K:-1000000}
 CK_N100=${CK_N100:-1000000}; CK_N1K=${CK_N1K:-300000}
-TANSU_N100=${TANSU_N100:-200000}; TANSU_N1K=${TANSU_N1K:-50000}
+TANSU_N100=${TANSU_N100:-200000}; TANSU_N1K=${TANSU_N1K:-100000}
 TANSU_CK_N100=${TANSU_CK_N100:-200000}; TANSU_CK_N1K=${TANSU_CK_N1K:-50000}
 PARTS=3
 CLIENT_TIMEOUT=${CLIENT_TIMEOUT:-180}   # seconds, per client command
@@ -60,8 +60,11 @@ newer=$(find "$ROOT/broker-core/src" "$ROOT/linker/src" -name '*.rs' -newer "$ST
 [ -z "$newer" ] || log "WARNING: sources newer than $STRAIT: $newer (rebuild: cargo build --release -p linker)"
 
 WORK=$(mktemp -d /tmp/strait-bench.XXXXXX)
+# Pin the binary: other people rebuild target/release while this runs.
+cp "$STRAIT" "$WORK/strait" || die "cannot copy $STRAIT"
+STRAIT_SRC=$STRAIT; STRAIT=$WORK/strait
 OUT=${OUT:-$WORK/results.tsv}
-printf 'variant\ttest\tround\tmsgs_s\tmb_s\twall_s\tclient_cpu_s\tbroker_cpu_s\tfsync_n\tfsync_ms\tok\tnote\n' >"$OUT"
+printf 'variant\ttest\tround\tmsgs_s\tmb_s\twall_s\tclient_cpu_s\tbroker_cpu_s\tbroker_sys_s\tbroker_minflt\tfsync_n\tfsync_ms\tok\tnote\n' >"$OUT"
 
 # ---------------------------------------------------------------- process bookkeeping
 declare -A BPID BOOT KIND            # variant -> broker pid / bootstrap / strait|tansu
@@ -99,7 +102,7 @@ cleanup() {
   if [ "${KEEP:-0}" = 1 ]; then log "work dir kept: $WORK"
   else
     # keep the results and logs, drop the data
-    rm -rf "$WORK"/data-* "$WORK"/dd.tmp
+    rm -rf "$WORK"/data-* "$WORK"/dd.tmp "$WORK/strait"
   fi
 }
 trap cleanup EXIT
@@ -109,11 +112,19 @@ cpu_ticks() { # pid -> utime+stime in ticks ("" if gone). Fields after "comm)" s
   local s; s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo ""; return; }
   s=${s##*) }; set -- $s; echo $(( ${12} + ${13} ))
 }
+bstat() { # pid -> "cpu_ticks sys_ticks minflt" ("0 0 0" if gone)
+  local s; s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo "0 0 0"; return; }
+  s=${s##*) }; set -- $s; echo "$(( ${12} + ${13} )) ${13} $8"
+}
+bdelta() { # "t s f" "t s f" -> "cpu_s sys_s minflt" (tab-free, 3 words)
+  awk -v a="$1" -v b="$2" -v k="$TCK" 'BEGIN{split(a, x, " "); split(b, y, " ");
+    printf "%.2f %.2f %d", (y[1]-x[1])/k, (y[2]-x[2])/k, y[3]-x[3]}'
+}
 ticks_to_s() { awk -v t="${1:-0}" -v k="$TCK" 'BEGIN{printf "%.2f", t/k}'; }
 rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status" 2>/dev/null; }
 hwm_kib() { awk '/^VmHWM:/{print $2}' "/proc/$1/status" 2>/dev/null; }
 freeport() { "$PY" "$ADMIN" freeport; }
-result() { # variant test round msgs_s mb_s wall client broker fsync_n fsync_ms ok note
+result() { # variant test round msgs_s mb_s wall client broker_cpu broker_sys broker_minflt fsync_n fsync_ms ok note
   local IFS=$'\t'; echo "$*" >>"$OUT"
 }
 
@@ -202,11 +213,11 @@ rdk() {
   if [ "$mode" = P ]; then args+=(-P -s "$size" -c "$count" -a -1 "$@")
   else args+=(-C -p 0 -p 1 -p 2 -o beginning -e -c "$count" "$@"); fi
   [ "$mode" = P ] && trace_start "$name"
-  b0=$(cpu_ticks "$bpid")
+  b0=$(bstat "$bpid")
   env "${env[@]}" timeout "$CLIENT_TIMEOUT" /usr/bin/time -f '%e %U %S' -o "$WORK/time-$name" \
     "$RDK" "${args[@]}" >"$WORK/rdk-$name.out" 2>&1
   local rc=$?
-  b1=$(cpu_ticks "$bpid")
+  b1=$(bstat "$bpid")
   [ "$mode" = P ] && { trace_stop "$name" "$bpid"; tr=$TR; }
   read -r wall cu cs < <(tail -1 "$WORK/time-$name" 2>/dev/null) || true
   local client_cpu; client_cpu=$(awk -v u="${cu:-0}" -v s="${cs:-0}" 'BEGIN{printf "%.2f", u+s}')
@@ -233,9 +244,9 @@ rdk() {
   else msgs_s=0; mb_s=0; ok=0; fi
   local note="rc=$rc n=${n:-?}/$count lib=$lib"
   [ "$ok" = 1 ] || { note="$note FAILED: $(grep -v CONFWARN "$WORK/rdk-$name.out" | grep -iE 'error|fail|timed out' | head -2 | tr '\n\t' '  ')"; log "run $name FAILED ($note)"; }
-  result "$v" "$test" "$r" "$msgs_s" "$mb_s" "${wall:-0}" "$client_cpu" \
-    "$(ticks_to_s $(( ${b1:-0} - ${b0:-0} )))" ${tr% *} ${tr#* } "$ok" "$note"
-  log "$name: $msgs_s msg/s $mb_s MB/s wall=${wall}s client_cpu=${client_cpu}s broker_cpu=$(ticks_to_s $(( ${b1:-0} - ${b0:-0} )))s fsync(n ms)=$tr"
+  local bd; bd=$(bdelta "$b0" "$b1")
+  result "$v" "$test" "$r" "$msgs_s" "$mb_s" "${wall:-0}" "$client_cpu" $bd ${tr% *} ${tr#* } "$ok" "$note"
+  log "$name: $msgs_s msg/s $mb_s MB/s wall=${wall}s client_cpu=${client_cpu}s broker(cpu sys minflt)=$bd fsync(n ms)=$tr"
 }
 
 # ---------------------------------------------------------------- one ck_perf.py run
@@ -254,9 +265,9 @@ ck() {
   for ((i = 0; i < CLIENT_TIMEOUT * 20; i++)); do
     [ -n "$py" ] || py=$(cat "/proc/$tp/task/$tp/children" 2>/dev/null | awk '{print $1}')
     if [ -z "$s_c" ] && [ -n "$py" ] && grep -q 'create_topic' "$out"; then
-      s_c=$(cpu_ticks "$py"); s_b=$(cpu_ticks "$bpid"); fi
+      s_c=$(cpu_ticks "$py"); s_b=$(bstat "$bpid"); fi
     if [ -z "$p_c" ] && [ -n "$py" ] && grep -q 'perf_produce' "$out"; then
-      p_c=$(cpu_ticks "$py"); p_b=$(cpu_ticks "$bpid"); trace_stop "$name" "$bpid"; tr=$TR; fi
+      p_c=$(cpu_ticks "$py"); p_b=$(bstat "$bpid"); trace_stop "$name" "$bpid"; tr=$TR; fi
     alive "$tp" || { done=1; break; }
     sleep 0.05
   done
@@ -265,7 +276,7 @@ ck() {
     [ -n "$py" ] && kill -TERM "$py" 2>/dev/null
   fi
   wait "$tp"; local rc=$?
-  local e_b; e_b=$(cpu_ticks "$bpid")
+  local e_b; e_b=$(bstat "$bpid")
   [ -n "$PERF_PID" ] && { trace_stop "$name" "$bpid"; tr=$TR; }
   local tot_c; tot_c=$(tail -1 "$WORK/time-$name" 2>/dev/null | awk -v k="$TCK" '{printf "%d", ($2+$3)*k}')
   local phase line ok msgs_s mb_s t_s cpu_c cpu_b ftr
@@ -276,15 +287,15 @@ ck() {
     mb_s=$(sed -nE 's/.* ([0-9.]+) MB\/s.*/\1/p' <<<"$line")
     t_s=$(sed -nE 's/.* time=([0-9.]+)s .*/\1/p' <<<"$line")
     if [ "$phase" = produce ] && [ -n "$s_c" ] && [ -n "$p_c" ]; then
-      cpu_c=$(ticks_to_s $((p_c - s_c))); cpu_b=$(ticks_to_s $((p_b - s_b))); ftr=$tr
+      cpu_c=$(ticks_to_s $((p_c - s_c))); cpu_b=$(bdelta "$s_b" "$p_b"); ftr=$tr
     elif [ "$phase" = consume ] && [ -n "$p_c" ] && [ -n "$tot_c" ]; then
-      cpu_c=$(ticks_to_s $((tot_c - p_c))); cpu_b=$(ticks_to_s $((${e_b:-0} - p_b))); ftr="- -"
+      cpu_c=$(ticks_to_s $((tot_c - p_c))); cpu_b=$(bdelta "$p_b" "$e_b"); ftr="- -"
     else
-      ok=0; cpu_c=0; cpu_b=0; ftr="- -"
+      ok=0; cpu_c=0; cpu_b="0 0 0"; ftr="- -"
     fi
     local note="rc=$rc n=$count"
     [ "$ok" = 1 ] || { note="$note FAILED: $(grep -E 'FAIL|Error|rror' "$out" | head -2 | tr '\n\t' '  ')"; log "ck_perf $name $phase FAILED: $(tail -3 "$out" | tr '\n' ' ')"; }
-    result "$v" "ck_${phase:0:1}$size" 1 "${msgs_s:-0}" "${mb_s:-0}" "${t_s:-0}" "$cpu_c" "$cpu_b" ${ftr% *} ${ftr#* } "$ok" "$note"
+    result "$v" "ck_${phase:0:1}$size" 1 "${msgs_s:-0}" "${mb_s:-0}" "${t_s:-0}" "$cpu_c" $cpu_b ${ftr% *} ${ftr#* } "$ok" "$note"
   done
   log "$name: $(grep -E 'perf_(produce|consume)' "$out" | sed -E 's/ conf=.*//; s/^(PASS|FAIL) perf_/\1 /' | tr '\n' ';')"
 }
@@ -296,14 +307,21 @@ dd_run() { # round
   # "1073741824 bytes (1.1 GB, 1.0 GiB) copied, 3.70665 s, 290 MB/s"
   bytes=$(awk '{print $1}' <<<"$line"); secs=$(sed -E 's/.* copied, ([0-9.]+) s,.*/\1/' <<<"$line")
   mbs=$(awk -v b="$bytes" -v s="$secs" 'BEGIN{ if (s > 0) printf "%.1f", b/s/1e6; else print 0 }')
-  result dd dd_write "$r" 0 "$mbs" "$secs" 0 0 - - 1 "$line"
+  result dd dd_write "$r" 0 "$mbs" "$secs" 0 0 0 0 - - 1 "$line"
   log "dd round $r: $mbs MB/s ($line)"
+  # the disk when a sync follows every 2 MiB (Strait's fsync-always produce syncs every ~2 MB)
+  line=$(dd if=/dev/zero of="$WORK/dd.tmp" bs=2M count=512 oflag=dsync 2>&1 | tail -1)
+  rm -f "$WORK/dd.tmp"
+  bytes=$(awk '{print $1}' <<<"$line"); secs=$(sed -E 's/.* copied, ([0-9.]+) s,.*/\1/' <<<"$line")
+  mbs=$(awk -v b="$bytes" -v s="$secs" 'BEGIN{ if (s > 0) printf "%.1f", b/s/1e6; else print 0 }')
+  result dd dd_dsync2M "$r" 0 "$mbs" "$secs" 0 0 0 0 - - 1 "$line"
+  log "dd oflag=dsync bs=2M round $r: $mbs MB/s"
 }
 
 # ---------------------------------------------------------------- machine / noise record
 {
   echo "date: $(date -u +%FT%TZ)  host: $(uname -srm)  cpus: $(nproc)  mem: $(free -g | awk '/Mem:/{print $2}') GiB"
-  echo "strait: $STRAIT ($(stat -c %y "$STRAIT" | cut -d. -f1)), git $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- broker-core linker || echo ' +uncommitted changes in broker-core/linker')"
+  echo "strait: $STRAIT_SRC (built $(stat -c %y "$STRAIT_SRC" | cut -d. -f1), sha256 $(sha256sum "$STRAIT" | cut -c1-12)), git $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- broker-core linker || echo ' +uncommitted changes in broker-core/linker')"
   echo "tansu: $([ -x "$TANSU_BIN" ] && "$TANSU_BIN" --version 2>/dev/null || echo 'not installed')"
   echo "librdkafka: 2.16 ($RDK_LIB216) and 2.0.2 (system); rounds=$ROUNDS seed=$SEED perf_trace=$PERF_OK"
   echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg); other busy processes (>10% CPU):"
@@ -382,14 +400,14 @@ done
 # after-load memory of the long-running brokers, then stop them
 for v in "${VLIST[@]}"; do
   rss=$(rss_kib "${BPID[$v]}"); hwm=$(hwm_kib "${BPID[$v]}")
-  result "$v" rss_after_load_MiB 1 0 "$(awk -v k="${rss:-0}" 'BEGIN{printf "%.1f", k/1024}')" 0 0 0 - - 1 "VmHWM=$(awk -v k="${hwm:-0}" 'BEGIN{printf "%.1f", k/1024}')MiB"
+  result "$v" rss_after_load_MiB 1 0 "$(awk -v k="${rss:-0}" 'BEGIN{printf "%.1f", k/1024}')" 0 0 0 0 0 - - 1 "VmHWM=$(awk -v k="${hwm:-0}" 'BEGIN{printf "%.1f", k/1024}')MiB"
   trace_start "stop-$v"
   TIDS_OVERRIDE=$(ls "/proc/${BPID[$v]}/task" 2>/dev/null | tr '\n' ' ')
   COMMS_OVERRIDE=$(cat /proc/${BPID[$v]}/task/*/comm 2>/dev/null | sort -u | tr '\n' '|')
   stop_variant "$v"; s=$STOP_S
   trace_stop "stop-$v" "${BPID[$v]}"; tr=$TR; TIDS_OVERRIDE=""; COMMS_OVERRIDE=""
   log "stopped $v in ${s}s (rss after load ${rss} KiB, hwm ${hwm} KiB)"
-  result "$v" stop_s 1 0 "$s" "$s" 0 0 ${tr% *} ${tr#* } 1 "SIGTERM to exit, after the throughput runs; fsyncs during shutdown (n ms): $tr"
+  result "$v" stop_s 1 0 "$s" "$s" 0 0 0 0 ${tr% *} ${tr#* } 1 "SIGTERM to exit, after the throughput runs; fsyncs during shutdown (n ms): $tr"
   if [ "${KIND[$v]}" = strait ]; then
     grep -E ' (ERROR|WARN) |panicked' "$WORK/broker-$v.log" | head -5 | sed "s/^/[broker $v log] /" >&2
     rm -rf "$WORK/data-$v"
@@ -409,7 +427,7 @@ for v in "${VLIST[@]}"; do
   rss=$(rss_kib "${BPID[$iv]}"); hwm=$(hwm_kib "${BPID[$iv]}")
   fds=$(ls "/proc/${BPID[$iv]}/fd" 2>/dev/null | wc -l); thr=$(awk '/^Threads:/{print $2}' "/proc/${BPID[$iv]}/status")
   ok=0; [ "$rc" = 0 ] && ok=1
-  result "$v" rss_idle1000_MiB 1 0 "$(awk -v k="${rss:-0}" 'BEGIN{printf "%.1f", k/1024}')" "$setup_s" 0 0 - - "$ok" \
+  result "$v" rss_idle1000_MiB 1 0 "$(awk -v k="${rss:-0}" 'BEGIN{printf "%.1f", k/1024}')" "$setup_s" 0 0 0 0 - - "$ok" \
     "empty=$((${rss0:-0} / 1024))MiB hwm=$((${hwm:-0} / 1024))MiB fds=$fds threads=$thr setup: ${out//$'\n'/; }"
   log "$v idle 1000 partitions: rss ${rss} KiB (empty ${rss0} KiB) fds=$fds threads=$thr; $out"
   trace_start "stop-$iv"
@@ -417,7 +435,7 @@ for v in "${VLIST[@]}"; do
   COMMS_OVERRIDE=$(cat /proc/${BPID[$iv]}/task/*/comm 2>/dev/null | sort -u | tr '\n' '|')
   stop_variant "$iv"; s=$STOP_S
   trace_stop "stop-$iv" "${BPID[$iv]}"; tr=$TR; TIDS_OVERRIDE=""; COMMS_OVERRIDE=""
-  result "$v" stop_idle1000_s 1 0 "$s" "$s" 0 0 ${tr% *} ${tr#* } 1 "SIGTERM to exit with 1000 partitions; fsyncs during shutdown (n ms): $tr"
+  result "$v" stop_idle1000_s 1 0 "$s" "$s" 0 0 0 0 ${tr% *} ${tr#* } 1 "SIGTERM to exit with 1000 partitions; fsyncs during shutdown (n ms): $tr"
   log "stopped $iv in ${s}s"
 done
 

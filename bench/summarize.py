@@ -5,6 +5,7 @@ Cells are `median (min-max)` over rounds. Ratios are computed per round (strait 
 tansu round r, strait round r vs dd round r) and then summarised the same way (B.3 method).
 """
 import csv
+import re
 import statistics
 import sys
 
@@ -30,6 +31,7 @@ ROWS = [
     ("stop_idle1000_s", "mb_s", "SIGTERM to exit with 1 000 partitions, s"),
 ]
 DD = ("dd_write", "mb_s")
+DD_DSYNC = ("dd_dsync2M", "mb_s")
 THROUGHPUT = {"rdk_p100", "rdk202_p100", "rdk202dl_p100", "rdk_p1k", "rdk_c1k", "rdk_c100",
               "ck_p100", "ck_c100", "ck_p1024", "ck_c1024"}
 
@@ -124,6 +126,12 @@ def main():
     ddc, ddm = cell(list(dd.values()))
     print("| dd bs=1M count=1024 conv=fdatasync, MB/s | " + " | ".join("—" for _ in present)
           + f" | {ddc} | — | — |")
+    dds = by_round(rows, "dd", *DD_DSYNC)
+    if dds:
+        c2, _ = cell(list(dds.values()))
+        r2, _ = ratio_cell(by_round(rows, "strait", "rdk_p1k", "mb_s"), dds)
+        print("| dd bs=2M count=512 oflag=dsync (a sync every 2 MiB), MB/s | "
+              + " | ".join("—" for _ in present) + f" | {c2} | — | {r2} (1 KiB produce) |")
     if missing:
         print(f"\nNot measured in this run: {', '.join(missing)}.")
 
@@ -151,27 +159,36 @@ def main():
 
     # ---------------------------------------------------------------- resources
     print("\n### Resources per run (medians over rounds)\n")
-    print("CPU figures are cores = CPU-seconds / wall-seconds of the client process (whole run incl. "
-          "start-up) and of the broker process over the same interval; the machine has 2 cores. "
-          "fsync = the broker's fdatasync+fsync calls during the run (perf trace), busy = summed fsync "
+    print("cores = CPU-seconds / wall-seconds: the client process over its whole run (incl. start-up), "
+          "the broker process over the same interval (2 cores in the machine). CPU-s/GB = the broker's "
+          "CPU-seconds per GB moved; sys = kernel share of it; minflt = broker minor page faults. "
+          "fsyncs = the broker's fdatasync+fsync calls in the run (perf trace); busy = summed fsync "
           "time / wall time.\n")
-    print("| variant | run | wall s | client cores | broker cores | broker CPU-s per GB | fsyncs | avg fsync ms | fsync busy | binding (heuristic) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| variant | run | wall s | client cores | broker cores | broker CPU-s/GB (sys %) | broker minflt | fsyncs | avg fsync ms | fsync busy | binding (heuristic) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for v, _ in present:
         for test in ["rdk_p100", "rdk202_p100", "rdk202dl_p100", "rdk_p1k", "rdk_c1k", "rdk_c100",
                      "ck_p100", "ck_c100", "ck_p1024", "ck_c1024"]:
             rs = [r for r in rows if r["variant"] == v and r["test"] == test and r["ok"] == "1"]
             if not rs:
                 continue
-            wall = statistics.median([num(r["wall_s"]) or 0 for r in rs])
-            cc = statistics.median([(num(r["client_cpu_s"]) or 0) / max(num(r["wall_s"]) or 1e-9, 1e-9) for r in rs])
-            bc = statistics.median([(num(r["broker_cpu_s"]) or 0) / max(num(r["wall_s"]) or 1e-9, 1e-9) for r in rs])
-            # bytes moved = MB/s * tool time; approximate tool time by wall
-            gb = statistics.median([(num(r["mb_s"]) or 0) * (num(r["wall_s"]) or 0) / 1000 for r in rs])
-            bcpu = statistics.median([num(r["broker_cpu_s"]) or 0 for r in rs])
-            per_gb = f"{bcpu / gb:.2f}" if gb > 0 else "—"
+
+            def med_of(f):
+                return statistics.median([f(r) for r in rs])
+
+            wall = med_of(lambda r: num(r["wall_s"]) or 0)
+            cc = med_of(lambda r: (num(r["client_cpu_s"]) or 0) / max(num(r["wall_s"]) or 0, 1e-9))
+            bc = med_of(lambda r: (num(r["broker_cpu_s"]) or 0) / max(num(r["wall_s"]) or 0, 1e-9))
+            size = 100 if test.endswith("100") else 1024
+            m = re.search(r"n=(\d+)", rs[0]["note"])
+            gb = int(m.group(1)) * size / 1e9 if m else 0
+            bcpu = med_of(lambda r: num(r["broker_cpu_s"]) or 0)
+            bsys = med_of(lambda r: num(r["broker_sys_s"]) or 0)
+            per_gb = f"{bcpu / gb:.2f} ({100 * bsys / bcpu:.0f}%)" if gb > 0 and bcpu > 0 else "—"
+            flt = f"{med_of(lambda r: num(r['broker_minflt']) or 0):,.0f}"
             fn = [num(r["fsync_n"]) for r in rs if num(r["fsync_n"]) is not None]
             fm = [num(r["fsync_ms"]) for r in rs if num(r["fsync_ms"]) is not None]
+            busy_v = 0
             if fn:
                 n = statistics.median(fn)
                 ms = statistics.median(fm)
@@ -181,7 +198,7 @@ def main():
                 fns = f"{n:.0f}"
             else:
                 avg = busy = fns = "—"
-                busy_v = 0
+            consume = "_c" in test
             if cc >= 0.9 and cc >= bc:
                 bind = "client CPU"
             elif cc + bc >= 1.7:
@@ -190,9 +207,11 @@ def main():
                 bind = "broker CPU"
             elif busy_v >= 0.6:
                 bind = "fsync"
+            elif consume and cc + bc >= 0.7:
+                bind = "client+broker CPU in turn (one fetch in flight)"
             else:
-                bind = "no CPU/fsync saturation (latency, pipelining)"
-            print(f"| {v} | {test} | {wall:.2f} | {cc:.2f} | {bc:.2f} | {per_gb} | {fns} | {avg} | {busy} | {bind} |")
+                bind = "nothing saturated (latency / client pacing)"
+            print(f"| {v} | {test} | {wall:.2f} | {cc:.2f} | {bc:.2f} | {per_gb} | {flt} | {fns} | {avg} | {busy} | {bind} |")
 
     bad = failures(rows)
     if bad:

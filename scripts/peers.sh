@@ -14,8 +14,8 @@
 set -uo pipefail
 
 # ---- what to run (extend as the broker gains features) -----------------------------------
-CLIENTS=(ck_smoke ck_perf kcat_smoke kcat_bundled)
-CK_SMOKE_TESTS=${CK_SMOKE_TESTS:-"admin produce"}
+CLIENTS=(ck_smoke kp_smoke ak_smoke kjs_smoke ck_perf kcat_smoke kcat_bundled)
+CK_SMOKE_TESTS=${CK_SMOKE_TESTS:-"admin produce consume group idempotent txn"}
 PERF_N=${PERF_N:-200000}
 CLIENT_TIMEOUT=${CLIENT_TIMEOUT:-900}   # seconds per client, a hard cap against hangs
 # -------------------------------------------------------------------------------------------
@@ -76,6 +76,9 @@ head -1 "$LOGS/broker.stdout"
 
 declare -A CMD=(
   [ck_smoke]="$PY $KIT/clients/ck_smoke.py $B $CK_SMOKE_TESTS"
+  [kp_smoke]="$PY $KIT/clients/kp_smoke.py $B"
+  [ak_smoke]="$PY $KIT/clients/ak_smoke.py $B"
+  [kjs_smoke]="env NODE_PATH=$PEERS/node/node_modules node $KIT/clients/kjs_smoke.js $B"
   [ck_perf]="$PY $KIT/clients/ck_perf.py $B $PERF_N"
   [kcat_smoke]="env PEERS=$PEERS $KIT/clients/kcat_smoke.sh $B"
   [kcat_bundled]="env PEERS=$PEERS KCAT_LIBRDKAFKA=bundled $KIT/clients/kcat_smoke.sh $B"

@@ -285,6 +285,108 @@ impl<'a> Iterator for Batches<'a> {
     }
 }
 
+/// The two transaction markers (the control record key's `type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlType {
+    Abort,
+    Commit,
+}
+
+fn put_varint(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    loop {
+        if z < 0x80 {
+            out.push(z as u8);
+            return;
+        }
+        out.push((z as u8 & 0x7f) | 0x80);
+        z >>= 7;
+    }
+}
+
+/// Reads a zig-zag varint at `*at`, advancing it. None if truncated or longer than 10 bytes.
+fn get_varint(b: &[u8], at: &mut usize) -> Option<i64> {
+    let mut z: u64 = 0;
+    for shift in (0..70).step_by(7) {
+        let byte = *b.get(*at)?;
+        *at += 1;
+        z |= ((byte & 0x7f) as u64) << shift;
+        if byte & 0x80 == 0 {
+            return Some(((z >> 1) as i64) ^ -((z & 1) as i64));
+        }
+    }
+    None
+}
+
+/// Builds the control batch Kafka writes to end a transaction in one partition: one control
+/// record, key `version 0 | type (ABORT 0, COMMIT 1)`, value `version 0 | coordinator epoch`,
+/// attributes isControl + isTransactional, the producer's id and epoch, no sequence.
+pub fn build_control_batch(
+    producer_id: i64,
+    producer_epoch: i16,
+    control: ControlType,
+    coordinator_epoch: i32,
+    timestamp_ms: i64,
+) -> Vec<u8> {
+    let mut record = vec![0u8]; // attributes
+    put_varint(&mut record, 0); // timestamp delta
+    put_varint(&mut record, 0); // offset delta
+    put_varint(&mut record, 4);
+    record.extend_from_slice(&0i16.to_be_bytes());
+    let kind: i16 = match control {
+        ControlType::Abort => 0,
+        ControlType::Commit => 1,
+    };
+    record.extend_from_slice(&kind.to_be_bytes());
+    put_varint(&mut record, 6);
+    record.extend_from_slice(&0i16.to_be_bytes());
+    record.extend_from_slice(&coordinator_epoch.to_be_bytes());
+    put_varint(&mut record, 0); // headers
+    let mut b = vec![0u8; HEADER_LEN];
+    put_varint(&mut b, record.len() as i64);
+    b.extend_from_slice(&record);
+    let len = (b.len() - LOG_OVERHEAD) as i32;
+    b[BATCH_LENGTH..BATCH_LENGTH + 4].copy_from_slice(&len.to_be_bytes());
+    b[PARTITION_LEADER_EPOCH..PARTITION_LEADER_EPOCH + 4].copy_from_slice(&(-1i32).to_be_bytes());
+    b[MAGIC] = 2;
+    let attributes = ATTR_CONTROL | ATTR_TRANSACTIONAL;
+    b[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+    b[LAST_OFFSET_DELTA..LAST_OFFSET_DELTA + 4].copy_from_slice(&0i32.to_be_bytes());
+    b[BASE_TIMESTAMP..BASE_TIMESTAMP + 8].copy_from_slice(&timestamp_ms.to_be_bytes());
+    b[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&timestamp_ms.to_be_bytes());
+    b[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&producer_id.to_be_bytes());
+    b[PRODUCER_EPOCH..PRODUCER_EPOCH + 2].copy_from_slice(&producer_epoch.to_be_bytes());
+    b[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&(-1i32).to_be_bytes());
+    b[RECORDS_COUNT..RECORDS_COUNT + 4].copy_from_slice(&1i32.to_be_bytes());
+    let crc = compute_crc(&b);
+    b[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+/// The marker type of a control batch (its first record's key), if it is a commit or abort
+/// marker. Control batches are never compressed.
+pub fn control_type(batch: &[u8]) -> Option<ControlType> {
+    let h = BatchHeader::parse(batch).ok()?;
+    if !h.is_control() || h.compression() != 0 {
+        return None;
+    }
+    let mut at = HEADER_LEN;
+    get_varint(batch, &mut at)?; // record length
+    at += 1; // attributes
+    get_varint(batch, &mut at)?; // timestamp delta
+    get_varint(batch, &mut at)?; // offset delta
+    let key_len = get_varint(batch, &mut at)?;
+    if key_len < 4 {
+        return None;
+    }
+    let key = batch.get(at..at + 4)?;
+    match i16::from_be_bytes([key[2], key[3]]) {
+        0 => Some(ControlType::Abort),
+        1 => Some(ControlType::Commit),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod test_batches {
     //! Hand-built batches for unit tests (uncompressed records, valid CRC).
@@ -384,6 +486,21 @@ mod tests {
         let mut neg = b.clone();
         neg[BATCH_LENGTH..BATCH_LENGTH + 4].copy_from_slice(&(-5i32).to_be_bytes());
         assert_eq!(validate(&neg), Err(BatchError::BadLength(-5)));
+    }
+
+    #[test]
+    fn control_batches_round_trip() {
+        for kind in [ControlType::Abort, ControlType::Commit] {
+            let b = build_control_batch(42, 3, kind, 0, 1000);
+            let h = validate(&b).unwrap();
+            assert!(h.is_control() && h.is_transactional());
+            assert_eq!(
+                (h.producer_id, h.producer_epoch, h.records_count),
+                (42, 3, 1)
+            );
+            assert_eq!(control_type(&b), Some(kind));
+        }
+        assert_eq!(control_type(&build(&[b"x"], 1)), None);
     }
 
     #[test]

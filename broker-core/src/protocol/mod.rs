@@ -272,6 +272,11 @@ pub(crate) fn error_code(e: &BrokerError) -> i16 {
         B::InvalidBatch(crate::batch::BatchError::UnsupportedMagic(_)) => {
             ResponseError::UnsupportedForMessageFormat
         }
+        // Kafka: more than one batch per partition (or a bad record count) is INVALID_RECORD.
+        B::InvalidBatch(
+            crate::batch::BatchError::TrailingBytes(_)
+            | crate::batch::BatchError::BadRecordCount { .. },
+        ) => ResponseError::InvalidRecord,
         B::InvalidBatch(_) => ResponseError::CorruptMessage,
         B::BatchTooLarge { .. } => ResponseError::MessageTooLarge,
         B::ControlBatchFromClient => ResponseError::InvalidRecord,
