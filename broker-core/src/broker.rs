@@ -15,13 +15,15 @@ use thiserror::Error;
 use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
-use crate::batch::{self, BatchError, BatchHeader};
+use crate::batch::{self, BatchError, BatchHeader, ControlType};
 use crate::config::{ConfigError, TopicConfig};
 use crate::durability::FsyncPolicy;
 use crate::fsutil::{parse_properties, sync_dir, write_atomic};
 use crate::group::GroupCoordinator;
 use crate::log::{LogError, PartitionLog};
-use crate::producer_state::{ProducerStateTable, SequenceError, SequenceVerdict};
+use crate::producer_state::{
+    AbortedTxn, ProducerInfo, ProducerStateTable, SequenceError, SequenceVerdict,
+};
 
 /// Largest partition count one request may create, to keep a typo from opening a million files.
 pub const MAX_PARTITIONS: i32 = 10_000;
@@ -167,6 +169,8 @@ pub struct AppendOutcome {
 pub struct PartitionOffsets {
     pub log_start_offset: i64,
     pub high_watermark: i64,
+    /// Below the first open transaction and the high watermark: what read_committed sees.
+    pub last_stable_offset: i64,
     pub log_end_offset: i64,
 }
 
@@ -200,8 +204,7 @@ impl Partition {
                 "recovered partition log: truncated an invalid tail"
             );
         }
-        let mut producers = ProducerStateTable::default();
-        log.scan_headers(log.log_start_offset(), &mut |h| producers.record(h))
+        let producers = Self::rebuild_producer_state(&log)
             .map_err(|e| BrokerError::Log(format!("{topic}-{index}"), e))?;
         // Everything that survived recovery is on disk; after a crash the tail that was not
         // fsynced may be gone, but what is here now is what we serve.
@@ -216,6 +219,32 @@ impl Partition {
             sync_in_flight: Mutex::new(false),
             failure: Mutex::new(None),
         })
+    }
+
+    /// Rebuilds idempotence and transaction state from the log's batch headers (and the
+    /// records of control batches, to tell commits from aborts).
+    fn rebuild_producer_state(log: &PartitionLog) -> Result<ProducerStateTable, LogError> {
+        let mut producers = ProducerStateTable::default();
+        let mut result = Ok(());
+        log.scan_headers(log.log_start_offset(), &mut |h| {
+            if h.is_control() {
+                match log.read(h.base_offset, h.base_offset + 1, 1) {
+                    Ok(bytes) => {
+                        if let Some(kind) = batch::control_type(&bytes) {
+                            producers.record_marker(h, kind);
+                        }
+                    }
+                    Err(e) => {
+                        if result.is_ok() {
+                            result = Err(e);
+                        }
+                    }
+                }
+            } else {
+                producers.record(h);
+            }
+        })?;
+        result.map(|()| producers)
     }
 
     fn lock(&self) -> MutexGuard<'_, PartitionState> {
@@ -248,9 +277,14 @@ impl Partition {
 
     pub fn offsets(&self) -> PartitionOffsets {
         let state = self.lock();
+        let hw = self.high_watermark();
         PartitionOffsets {
             log_start_offset: state.log.log_start_offset(),
-            high_watermark: self.high_watermark(),
+            high_watermark: hw,
+            last_stable_offset: state
+                .producers
+                .first_unstable_offset()
+                .map_or(hw, |first| first.min(hw)),
             log_end_offset: state.log.log_end_offset(),
         }
     }
@@ -282,9 +316,6 @@ impl Partition {
         let header = batch::validate_produced(&batch)?;
         if header.is_control() {
             return Err(BrokerError::ControlBatchFromClient);
-        }
-        if header.is_transactional() {
-            return Err(BrokerError::TransactionsUnsupported);
         }
         let now = now_ms();
         let mut state = self.lock();
@@ -404,20 +435,114 @@ impl Partition {
         }
     }
 
-    /// Reads whole batches from `offset`, never past the high watermark.
-    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<Vec<u8>, BrokerError> {
+    /// Reads whole batches from `offset`, never past the high watermark, nor, for
+    /// read_committed, past the last stable offset. Also returns, for read_committed, the
+    /// aborted transactions overlapping what was read.
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        read_committed: bool,
+    ) -> Result<(Vec<u8>, Vec<AbortedTxn>), BrokerError> {
         self.check_online()?;
-        let hw = self.high_watermark();
+        let mut hw = self.high_watermark();
         let state = self.lock();
+        if read_committed {
+            if let Some(first) = state.producers.first_unstable_offset() {
+                hw = hw.min(first);
+            }
+        }
+        let data = Self::read_locked(&state, offset, hw, max_bytes)
+            .map_err(|e| BrokerError::Log(self.name(), e))?;
+        let aborted = if read_committed && !data.is_empty() {
+            let end = Self::end_of(&data).unwrap_or(offset);
+            state.producers.aborted_overlapping(offset, end)
+        } else {
+            Vec::new()
+        };
+        Ok((data, aborted))
+    }
+
+    /// One past the last offset of the last complete batch in `data`.
+    fn end_of(data: &[u8]) -> Option<i64> {
+        batch::Batches::new(data)
+            .filter_map(Result::ok)
+            .last()
+            .and_then(|b| BatchHeader::parse(b).ok())
+            .map(|h| h.last_offset() + 1)
+    }
+
+    fn read_locked(
+        state: &PartitionState,
+        offset: i64,
+        hw: i64,
+        max_bytes: usize,
+    ) -> Result<Vec<u8>, LogError> {
         let leo = state.log.log_end_offset();
         if offset >= hw && offset <= leo && offset >= state.log.log_start_offset() {
-            // Written but not yet durable (or nothing new): nothing to return yet.
+            // Written but not yet durable or stable (or nothing new): nothing to return yet.
             return Ok(Vec::new());
         }
-        state
-            .log
-            .read(offset, hw, max_bytes)
-            .map_err(|e| BrokerError::Log(self.name(), e))
+        state.log.read(offset, hw, max_bytes)
+    }
+
+    /// Writes a transaction marker (commit or abort) for `producer_id` into this partition.
+    /// The caller waits for `end_offset` to be durable.
+    pub fn append_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        kind: ControlType,
+        notify: &Notify,
+        fsync: FsyncPolicy,
+    ) -> Result<AppendOutcome, BrokerError> {
+        self.check_online()?;
+        let now = now_ms();
+        let mut state = self.lock();
+        if let Err(SequenceError::InvalidEpoch { current, got }) =
+            state.producers.check_marker(producer_id, producer_epoch)
+        {
+            return Err(BrokerError::InvalidProducerEpoch { current, got });
+        }
+        let mut marker = batch::build_control_batch(producer_id, producer_epoch, kind, 0, now);
+        let info = match state.log.append(&mut marker, LEADER_EPOCH, now) {
+            Ok(info) => info,
+            Err(e) => {
+                drop(state);
+                let reason = format!("marker append failed: {e}");
+                self.fail(reason.clone());
+                return Err(BrokerError::StorageFailed(reason));
+            }
+        };
+        if let Ok(h) = BatchHeader::parse(&marker) {
+            state.producers.record_marker(
+                &BatchHeader {
+                    base_offset: info.base_offset,
+                    ..h
+                },
+                kind,
+            );
+        }
+        let outcome = AppendOutcome {
+            base_offset: info.base_offset,
+            end_offset: info.last_offset + 1,
+            log_append_time_ms: -1,
+            log_start_offset: state.log.log_start_offset(),
+            duplicate: false,
+        };
+        drop(state);
+        if !fsync.syncs() {
+            self.advance_high_watermark(outcome.end_offset, notify);
+        } else {
+            // The last stable offset may move once the marker is durable; wake fetchers then.
+            notify.notify_waiters();
+        }
+        Ok(outcome)
+    }
+
+    /// Producers and open transactions of this partition (DescribeProducers).
+    pub fn producer_summary(&self) -> Vec<ProducerInfo> {
+        self.lock().producers.describe()
     }
 
     /// The first batch with max timestamp >= ts, below the high watermark.
@@ -466,7 +591,10 @@ impl Partition {
 
     fn enforce_retention(&self, now: i64) {
         let mut state = self.lock();
-        match state.log.enforce_retention(now) {
+        let result = state.log.enforce_retention(now);
+        let start = state.log.log_start_offset();
+        state.producers.prune_aborted(start);
+        match result {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 partition = %self.name(),

@@ -4,10 +4,15 @@
 //! A sans-IO table: the partition feeds it batch headers (on append, and on start-up from the
 //! log) and asks it to judge each incoming batch. Kafka keeps the last five batches per producer
 //! (the most a producer may have in flight); so does this table.
+//!
+//! It also tracks transactions in this partition: the first offset of every open transaction
+//! (the lowest is the first unstable offset, which bounds the last stable offset) and the
+//! offset ranges of aborted transactions, which read_committed fetches report so clients can
+//! drop aborted records.
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::batch::BatchHeader;
+use crate::batch::{BatchHeader, ControlType};
 
 /// Batches remembered per producer, as in Kafka (max.in.flight.requests.per.connection <= 5).
 pub const CACHED_BATCHES: usize = 5;
@@ -17,13 +22,30 @@ struct CachedBatch {
     first_seq: i32,
     last_seq: i32,
     base_offset: i64,
-    last_offset: i64,
+}
+
+/// An aborted transaction's extent in this partition: its first data batch to its marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortedTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    pub last_offset: i64,
 }
 
 #[derive(Debug, Default)]
 struct ProducerEntry {
     epoch: i16,
     batches: VecDeque<CachedBatch>,
+}
+
+/// One producer as operators see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerInfo {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub last_sequence: i32,
+    /// First offset of its open transaction in this partition, or -1.
+    pub txn_start_offset: i64,
 }
 
 /// What to do with an incoming batch.
@@ -59,6 +81,10 @@ fn next_seq(seq: i32) -> i32 {
 #[derive(Debug, Default)]
 pub struct ProducerStateTable {
     producers: HashMap<i64, ProducerEntry>,
+    /// Open transactions: producer id -> offset of its first batch in this partition.
+    ongoing: HashMap<i64, i64>,
+    /// Aborted transactions, in marker order.
+    aborted: Vec<AbortedTxn>,
 }
 
 impl ProducerStateTable {
@@ -118,8 +144,85 @@ impl ProducerStateTable {
         Ok(SequenceVerdict::Append)
     }
 
+    /// Checks a transaction marker before it is written: an older epoch is fenced.
+    pub fn check_marker(&self, producer_id: i64, epoch: i16) -> Result<(), SequenceError> {
+        match self.producers.get(&producer_id) {
+            Some(e) if epoch < e.epoch => Err(SequenceError::InvalidEpoch {
+                current: e.epoch,
+                got: epoch,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a transaction marker that is now in the log.
+    pub fn record_marker(&mut self, h: &BatchHeader, kind: ControlType) {
+        let entry = self.producers.entry(h.producer_id).or_default();
+        if h.producer_epoch > entry.epoch {
+            entry.epoch = h.producer_epoch;
+            entry.batches.clear();
+        }
+        if let Some(first_offset) = self.ongoing.remove(&h.producer_id) {
+            if kind == ControlType::Abort {
+                self.aborted.push(AbortedTxn {
+                    producer_id: h.producer_id,
+                    first_offset,
+                    last_offset: h.base_offset,
+                });
+            }
+        }
+    }
+
+    /// The first offset of the oldest open transaction, if any.
+    pub fn first_unstable_offset(&self) -> Option<i64> {
+        self.ongoing.values().min().copied()
+    }
+
+    /// Aborted transactions that overlap offsets `[from, to)`.
+    pub fn aborted_overlapping(&self, from: i64, to: i64) -> Vec<AbortedTxn> {
+        self.aborted
+            .iter()
+            .filter(|a| a.last_offset >= from && a.first_offset < to)
+            .copied()
+            .collect()
+    }
+
+    /// Forgets aborted transactions that ended below the log start.
+    pub fn prune_aborted(&mut self, log_start_offset: i64) {
+        self.aborted.retain(|a| a.last_offset >= log_start_offset);
+    }
+
+    /// Every producer with its epoch, last sequence and open transaction (DescribeProducers).
+    pub fn describe(&self) -> Vec<ProducerInfo> {
+        let mut v: Vec<ProducerInfo> = self
+            .producers
+            .iter()
+            .map(|(id, e)| ProducerInfo {
+                producer_id: *id,
+                epoch: e.epoch,
+                last_sequence: e.batches.back().map(|b| b.last_seq).unwrap_or(-1),
+                txn_start_offset: self.ongoing.get(id).copied().unwrap_or(-1),
+            })
+            .collect();
+        for (id, first) in &self.ongoing {
+            if !self.producers.contains_key(id) {
+                v.push(ProducerInfo {
+                    producer_id: *id,
+                    epoch: -1,
+                    last_sequence: -1,
+                    txn_start_offset: *first,
+                });
+            }
+        }
+        v.sort_by_key(|p| p.producer_id);
+        v
+    }
+
     /// Records a batch that is now in the log (its header carries the assigned offsets).
     pub fn record(&mut self, h: &BatchHeader) {
+        if h.is_transactional() && !h.is_control() && h.producer_id >= 0 {
+            self.ongoing.entry(h.producer_id).or_insert(h.base_offset);
+        }
         if h.producer_id < 0 || h.base_sequence < 0 {
             return;
         }
@@ -132,7 +235,6 @@ impl ProducerStateTable {
             first_seq: h.base_sequence,
             last_seq: last_seq_of(h),
             base_offset: h.base_offset,
-            last_offset: h.last_offset(),
         });
         while entry.batches.len() > CACHED_BATCHES {
             entry.batches.pop_front();
@@ -223,6 +325,38 @@ mod tests {
         );
         assert!(t.check(&header(1, 0, 0, 1, 0)).is_err());
         assert_eq!(t.check(&header(1, 0, 7, 1, 0)), Ok(SequenceVerdict::Append));
+    }
+
+    #[test]
+    fn transactions_open_commit_and_abort() {
+        let mut t = ProducerStateTable::default();
+        let mut b = header(1, 0, 0, 2, 10);
+        b.attributes = 0x10; // transactional
+        t.record(&b);
+        let mut b2 = header(2, 0, 0, 1, 12);
+        b2.attributes = 0x10;
+        t.record(&b2);
+        assert_eq!(t.first_unstable_offset(), Some(10));
+        let mut marker = header(1, 0, -1, 1, 13);
+        marker.attributes = 0x30;
+        t.record_marker(&marker, ControlType::Abort);
+        assert_eq!(t.first_unstable_offset(), Some(12));
+        let mut marker2 = header(2, 0, -1, 1, 14);
+        marker2.attributes = 0x30;
+        t.record_marker(&marker2, ControlType::Commit);
+        assert_eq!(t.first_unstable_offset(), None);
+        assert_eq!(
+            t.aborted_overlapping(0, 100),
+            vec![AbortedTxn {
+                producer_id: 1,
+                first_offset: 10,
+                last_offset: 13
+            }]
+        );
+        assert!(t.aborted_overlapping(14, 100).is_empty());
+        assert!(t.check_marker(1, -1).is_err());
+        t.prune_aborted(14);
+        assert!(t.aborted_overlapping(0, 100).is_empty());
     }
 
     #[test]

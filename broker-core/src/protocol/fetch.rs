@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId};
 use tokio::time::Instant;
 
 use super::{encode_response, error_code, Ctx, ProtocolError, Reply};
@@ -47,26 +49,35 @@ fn collect(ctx: &Ctx, req: &FetchRequest) -> Collected {
                     let offsets = partition.offsets();
                     // After the first batch, respect the overall limit strictly (KIP-74).
                     let limit = (p.partition_max_bytes.max(0) as usize).min(remaining);
-                    let records = if total > 0 && limit == 0 {
-                        Vec::new()
+                    let (records, aborted) = if total > 0 && limit == 0 {
+                        (Vec::new(), Vec::new())
                     } else {
-                        partition.read(p.fetch_offset, limit.max(1))?
+                        partition.read(p.fetch_offset, limit.max(1), read_committed)?
                     };
-                    Ok::<_, BrokerError>((offsets, records))
+                    Ok::<_, BrokerError>((offsets, records, aborted))
                 });
             match result {
-                Ok((offsets, records)) => {
+                Ok((offsets, records, aborted)) => {
                     total += records.len();
                     remaining = remaining.saturating_sub(records.len());
                     data = data
                         .with_high_watermark(offsets.high_watermark)
-                        .with_last_stable_offset(offsets.high_watermark)
+                        .with_last_stable_offset(offsets.last_stable_offset)
                         .with_records(Some(Bytes::from(records)));
                     if ctx.version >= 5 {
                         data = data.with_log_start_offset(offsets.log_start_offset);
                     }
                     if read_committed {
-                        data = data.with_aborted_transactions(Some(Vec::new()));
+                        data = data.with_aborted_transactions(Some(
+                            aborted
+                                .iter()
+                                .map(|a| {
+                                    AbortedTransaction::default()
+                                        .with_producer_id(ProducerId(a.producer_id))
+                                        .with_first_offset(a.first_offset)
+                                })
+                                .collect(),
+                        ));
                     }
                 }
                 Err(e) => {

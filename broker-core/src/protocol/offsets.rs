@@ -45,10 +45,10 @@ fn record_lookup(
 }
 
 /// (timestamp, offset) for one ListOffsets query.
-fn lookup(partition: &Partition, ts: i64) -> Result<(i64, i64), BrokerError> {
+fn lookup(partition: &Partition, ts: i64, read_committed: bool) -> Result<(i64, i64), BrokerError> {
     let offsets = partition.offsets();
     match ts {
-        // Without transactions the last stable offset is the high watermark.
+        LATEST if read_committed => Ok((-1, offsets.last_stable_offset)),
         LATEST => Ok((-1, offsets.high_watermark)),
         EARLIEST | EARLIEST_LOCAL => Ok((-1, offsets.log_start_offset)),
         LATEST_TIERED => Ok((-1, -1)), // no tiered storage
@@ -78,7 +78,7 @@ pub(super) fn list_offsets(ctx: &Ctx, req: ListOffsetsRequest) -> Result<Reply, 
                     let result = ctx
                         .broker
                         .partition(&t.name, p.partition_index)
-                        .and_then(|part| lookup(&part, p.timestamp));
+                        .and_then(|part| lookup(&part, p.timestamp, req.isolation_level == 1));
                     match result {
                         Ok((timestamp, offset)) => {
                             let resp = resp.with_timestamp(timestamp).with_offset(offset);
