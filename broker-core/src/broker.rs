@@ -24,6 +24,7 @@ use crate::log::{LogError, PartitionLog};
 use crate::producer_state::{
     AbortedTxn, ProducerInfo, ProducerStateTable, SequenceError, SequenceVerdict,
 };
+use crate::txn::TxnCoordinator;
 
 /// Largest partition count one request may create, to keep a typo from opening a million files.
 pub const MAX_PARTITIONS: i32 = 10_000;
@@ -100,8 +101,8 @@ pub enum BrokerError {
     BatchTooLarge { size: usize, max: usize },
     #[error("producers may not write control batches")]
     ControlBatchFromClient,
-    #[error("transactional produce is not implemented by Strait yet")]
-    TransactionsUnsupported,
+    #[error("transaction check failed with Kafka error code {0}")]
+    Transaction(i16),
     #[error("out of order sequence number: expected {expected}, got {got}")]
     OutOfOrderSequence { expected: i32, got: i32 },
     #[error("producer epoch {got} is older than the current epoch {current}")]
@@ -704,6 +705,8 @@ pub struct Broker {
     producer_ids: Mutex<ProducerIdBlock>,
     /// The group coordinator: this broker coordinates every group.
     pub groups: Arc<GroupCoordinator>,
+    /// The transaction coordinator: this broker coordinates every transactional id.
+    pub txns: TxnCoordinator,
     _lock_file: fs::File,
 }
 
@@ -745,6 +748,8 @@ impl Broker {
         Self::purge_deleted(&dir);
         let groups = GroupCoordinator::open(&dir.join("groups"), config.offsets_retention)
             .map_err(|e| BrokerError::DataDir(dir.clone(), format!("group offsets: {e}")))?;
+        let txns = TxnCoordinator::open(&dir.join("transactions"))
+            .map_err(|e| BrokerError::DataDir(dir.clone(), format!("transactions: {e}")))?;
 
         let broker = Broker {
             config,
@@ -754,6 +759,7 @@ impl Broker {
             data_arrived: Notify::new(),
             producer_ids: Mutex::new(producer_ids),
             groups: Arc::new(groups),
+            txns,
             _lock_file: lock_file,
         };
         broker.load_topics()?;
@@ -1086,6 +1092,7 @@ impl Broker {
     /// Starts retention and (for `interval:MS`) the periodic fsync. Runs until the process ends.
     pub fn spawn_background_tasks(self: &Arc<Self>) {
         self.groups.spawn_timers();
+        crate::txn::spawn_timers(self);
         let broker = self.clone();
         let every = self.config.retention_check_interval;
         tokio::spawn(async move {
@@ -1130,6 +1137,9 @@ impl Broker {
                     first_error.get_or_insert(e);
                 }
             }
+        }
+        if let Err(e) = self.txns.flush() {
+            tracing::error!(error = %e, "flushing transaction state failed");
         }
         if let Err(e) = self.groups.offsets.flush() {
             tracing::error!(error = %e, "flushing group offsets failed");

@@ -7,6 +7,7 @@
 //! - [`config`]: the topic configs Strait implements.
 //! - [`durability`]: the fsync policy.
 //! - [`group`]: the consumer-group coordinator and durable committed offsets.
+//! - [`txn`]: the transaction coordinator (two-phase end, markers, timeouts).
 //! - [`broker`]: broker state: topics, partitions, high watermarks, background tasks.
 //! - [`protocol`]: Kafka request dispatch and handlers (sans-IO: frame in, reply out).
 //! - [`server`]: the TCP listener and per-connection request pipeline.
@@ -21,6 +22,7 @@ pub mod log;
 pub mod producer_state;
 pub mod protocol;
 pub mod server;
+pub mod txn;
 
 pub use broker::{Broker, BrokerConfig, BrokerError};
 pub use durability::FsyncPolicy;

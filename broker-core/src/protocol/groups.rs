@@ -39,7 +39,10 @@ use crate::group::CommitError;
 
 /// Kafka's `offset.metadata.max.bytes`.
 const MAX_METADATA_BYTES: usize = 4096;
+/// The offset is part of an open transaction: retry later (KIP-447).
+const UNSTABLE_OFFSET_COMMIT: i16 = 88;
 const KEY_TYPE_GROUP: i8 = 0;
+const KEY_TYPE_TRANSACTION: i8 = 1;
 
 fn opt_str(s: &Option<StrBytes>) -> Option<String> {
     s.as_ref().map(|v| v.to_string())
@@ -50,17 +53,16 @@ pub(super) fn find_coordinator(
     req: FindCoordinatorRequest,
 ) -> Result<Reply, ProtocolError> {
     let c = &ctx.broker.config;
+    // This broker coordinates every group and every transactional id.
     let answer = |key_type: i8| -> (i16, Option<StrBytes>) {
-        if key_type == KEY_TYPE_GROUP {
+        if key_type == KEY_TYPE_GROUP || key_type == KEY_TYPE_TRANSACTION {
             (0, None)
         } else {
-            // Not retriable on purpose: a transactional producer fails fast and says why,
-            // instead of looking for a coordinator forever.
             (
-                ResponseError::TransactionalIdAuthorizationFailed.code(),
-                Some(StrBytes::from_static_str(
-                    "Strait does not implement transactions yet (no transaction coordinator)",
-                )),
+                ResponseError::InvalidRequest.code(),
+                Some(StrBytes::from_string(format!(
+                    "coordinator key type {key_type} is not supported (0 = group, 1 = transaction)"
+                ))),
             )
         }
     };
@@ -337,6 +339,7 @@ fn fetch_group_offsets(
     ctx: &Ctx,
     group: &str,
     topics: Option<Vec<(String, Vec<i32>)>>,
+    require_stable: bool,
 ) -> Result<Vec<FetchedOffset>, i16> {
     let store = &ctx.broker.groups.offsets;
     let fail = |e| {
@@ -354,6 +357,10 @@ fn fetch_group_offsets(
             let mut out = Vec::new();
             for (topic, partitions) in list {
                 for p in partitions {
+                    if require_stable && ctx.broker.txns.has_pending_offset(group, &topic, p) {
+                        out.push((topic.clone(), p, -1, -1, None, UNSTABLE_OFFSET_COMMIT));
+                        continue;
+                    }
                     let entry = match store.get(group, &topic, p).map_err(fail)? {
                         Some(o) => (
                             topic.clone(),
@@ -386,7 +393,7 @@ pub(super) fn offset_fetch(ctx: &Ctx, req: OffsetFetchRequest) -> Result<Reply, 
                         .collect()
                 });
                 let resp = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
-                match fetch_group_offsets(ctx, &g.group_id, topics) {
+                match fetch_group_offsets(ctx, &g.group_id, topics, req.require_stable) {
                     Err(error) => resp.with_error_code(error),
                     Ok(list) => {
                         let mut by_topic: Vec<OffsetFetchResponseTopics> = Vec::new();
@@ -418,7 +425,12 @@ pub(super) fn offset_fetch(ctx: &Ctx, req: OffsetFetchRequest) -> Result<Reply, 
             .map(|t| (t.name.to_string(), t.partition_indexes.clone()))
             .collect()
     });
-    let body = match fetch_group_offsets(ctx, &req.group_id, topics) {
+    let body = match fetch_group_offsets(
+        ctx,
+        &req.group_id,
+        topics,
+        ctx.version >= 7 && req.require_stable,
+    ) {
         Err(error) => OffsetFetchResponse::default().with_error_code(error),
         Ok(list) => {
             let mut by_topic: Vec<OffsetFetchResponseTopic> = Vec::new();

@@ -13,6 +13,7 @@ mod metadata;
 mod offsets;
 mod produce;
 pub mod records;
+mod txn;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -91,6 +92,13 @@ pub fn advertised(key: ApiKey) -> Option<VersionRange> {
         ApiKey::DeleteTopics => r(1, 6),
         ApiKey::DeleteRecords => r(0, 2),
         ApiKey::InitProducerId => r(0, 5),
+        ApiKey::AddPartitionsToTxn => r(0, 3),
+        ApiKey::AddOffsetsToTxn => r(0, 3),
+        ApiKey::EndTxn => r(0, 3),
+        ApiKey::TxnOffsetCommit => r(0, 3),
+        ApiKey::DescribeProducers => r(0, 0),
+        ApiKey::DescribeTransactions => r(0, 0),
+        ApiKey::ListTransactions => r(0, 1),
         ApiKey::OffsetForLeaderEpoch => r(2, 4),
         ApiKey::DescribeConfigs => r(1, 4),
         ApiKey::AlterConfigs => r(0, 2),
@@ -232,7 +240,14 @@ pub fn handle(
         RequestKind::ListOffsets(r) => offsets::list_offsets(&ctx, r),
         RequestKind::DeleteRecords(r) => offsets::delete_records(&ctx, r),
         RequestKind::OffsetForLeaderEpoch(r) => offsets::offset_for_leader_epoch(&ctx, r),
-        RequestKind::InitProducerId(r) => offsets::init_producer_id(&ctx, r),
+        RequestKind::InitProducerId(r) => txn::init_producer_id(ctx, r),
+        RequestKind::AddPartitionsToTxn(r) => txn::add_partitions_to_txn(&ctx, r),
+        RequestKind::AddOffsetsToTxn(r) => txn::add_offsets_to_txn(&ctx, r),
+        RequestKind::EndTxn(r) => txn::end_txn(ctx, r),
+        RequestKind::TxnOffsetCommit(r) => txn::txn_offset_commit(&ctx, r),
+        RequestKind::DescribeProducers(r) => txn::describe_producers(&ctx, r),
+        RequestKind::DescribeTransactions(r) => txn::describe_transactions(&ctx, r),
+        RequestKind::ListTransactions(r) => txn::list_transactions(&ctx, r),
         RequestKind::CreateTopics(r) => admin::create_topics(&ctx, r),
         RequestKind::DeleteTopics(r) => admin::delete_topics(&ctx, r),
         RequestKind::CreatePartitions(r) => admin::create_partitions(&ctx, r),
@@ -280,7 +295,7 @@ pub(crate) fn error_code(e: &BrokerError) -> i16 {
         B::InvalidBatch(_) => ResponseError::CorruptMessage,
         B::BatchTooLarge { .. } => ResponseError::MessageTooLarge,
         B::ControlBatchFromClient => ResponseError::InvalidRecord,
-        B::TransactionsUnsupported => ResponseError::InvalidRequest,
+        B::Transaction(code) => return *code,
         B::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
         B::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
         B::Log(_, LogError::OffsetOutOfRange { .. }) => ResponseError::OffsetOutOfRange,

@@ -1,4 +1,4 @@
-//! ListOffsets, DeleteRecords, OffsetForLeaderEpoch and InitProducerId.
+//! ListOffsets, DeleteRecords and OffsetForLeaderEpoch.
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::delete_records_response::{
@@ -11,9 +11,8 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
     EpochEndOffset, OffsetForLeaderTopicResult,
 };
 use kafka_protocol::messages::{
-    DeleteRecordsRequest, DeleteRecordsResponse, InitProducerIdRequest, InitProducerIdResponse,
-    ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest,
-    OffsetForLeaderEpochResponse, ProducerId,
+    DeleteRecordsRequest, DeleteRecordsResponse, ListOffsetsRequest, ListOffsetsResponse,
+    OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
 };
 
 use super::records::{self, RecordMeta, DEFAULT_MAX_DECOMPRESSED};
@@ -167,31 +166,4 @@ pub(super) fn offset_for_leader_epoch(
         })
         .collect();
     ctx.respond(&OffsetForLeaderEpochResponse::default().with_topics(topics))
-}
-
-/// Idempotent producers get a fresh producer id (epoch 0). Transactional ids need the
-/// transaction coordinator, which Strait does not have yet: those requests are refused.
-pub(super) fn init_producer_id(
-    ctx: &Ctx,
-    req: InitProducerIdRequest,
-) -> Result<Reply, ProtocolError> {
-    let body = InitProducerIdResponse::default();
-    let body = if let Some(txn) = &req.transactional_id {
-        tracing::warn!(
-            transactional_id = %txn.as_str(),
-            "refusing a transactional producer: transactions are not implemented yet"
-        );
-        body.with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1)
-    } else {
-        match ctx.broker.allocate_producer_id() {
-            Ok(id) => body.with_producer_id(ProducerId(id)).with_producer_epoch(0),
-            Err(e) => body
-                .with_error_code(error_code(&e))
-                .with_producer_id(ProducerId(-1))
-                .with_producer_epoch(-1),
-        }
-    };
-    ctx.respond(&body)
 }

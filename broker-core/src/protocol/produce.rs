@@ -23,7 +23,7 @@ fn append_one(
     topic: &str,
     index: i32,
     records: Option<&Bytes>,
-    transactional: bool,
+    transactional_id: Option<&str>,
 ) -> Result<(Arc<Partition>, AppendOutcome), BrokerError> {
     let t = ctx
         .broker
@@ -32,12 +32,21 @@ fn append_one(
     let partition = t
         .partition(index)
         .ok_or_else(|| BrokerError::UnknownPartition(topic.to_string(), index))?;
-    if transactional {
-        return Err(BrokerError::TransactionsUnsupported);
-    }
     let records = records.ok_or(BrokerError::InvalidBatch(
         crate::batch::BatchError::ShortHeader(0),
     ))?;
+    if let Some(txn_id) = transactional_id {
+        // A transactional batch must belong to an open transaction that added this partition,
+        // or its marker could never be written.
+        if let Ok(h) = crate::batch::BatchHeader::parse(records) {
+            if h.is_transactional() {
+                ctx.broker
+                    .txns
+                    .check_produce(txn_id, h.producer_id, h.producer_epoch, topic, index)
+                    .map_err(BrokerError::Transaction)?;
+            }
+        }
+    }
     let outcome = partition.append_produced(
         records.to_vec(),
         &t.config(),
@@ -113,7 +122,7 @@ fn uniform_error(topics: &[(TopicName, Vec<PartitionResult>)], code: i16) -> Pro
 pub(super) fn produce(ctx: Ctx, req: ProduceRequest) -> Result<Reply, ProtocolError> {
     let acks = req.acks;
     let valid_acks = (-1..=1).contains(&acks);
-    let transactional = req.transactional_id.is_some();
+    let transactional_id = req.transactional_id.as_ref().map(|t| t.to_string());
     let mut topics = Vec::with_capacity(req.topic_data.len());
     for t in &req.topic_data {
         let parts = t
@@ -123,7 +132,13 @@ pub(super) fn produce(ctx: Ctx, req: ProduceRequest) -> Result<Reply, ProtocolEr
                 index: p.index,
                 // Nothing is appended for a request with invalid acks.
                 result: if valid_acks {
-                    append_one(&ctx, &t.name, p.index, p.records.as_ref(), transactional)
+                    append_one(
+                        &ctx,
+                        &t.name,
+                        p.index,
+                        p.records.as_ref(),
+                        transactional_id.as_deref(),
+                    )
                 } else {
                     Err(BrokerError::InvalidBatch(
                         crate::batch::BatchError::ShortHeader(0),
