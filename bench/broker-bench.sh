@@ -22,7 +22,8 @@
 # Env knobs: ROUNDS (3) SEED (random) N100 (2000000) N1K (1000000) CK_N100 (1000000)
 #   CK_N1K (300000) TANSU_N100 (200000) TANSU_N1K (100000) TANSU_CK_N100 (200000)
 #   TANSU_CK_N1K (50000) STRAIT (target/release/strait) PEERS (/tmp/peers)
-#   VARIANTS ("strait strait_i5 tansu") TANSU_ENGINE (sqlite, as in BASELINE-tansu.md)
+#   VARIANTS ("strait strait_i5 tansu"; also strait_mt = fsync always with glibc malloc's
+#   mmap threshold raised to 32 MiB, a diagnostic for the fetch path) TANSU_ENGINE (sqlite, as in BASELINE-tansu.md)
 #   KEEP=1 keeps the work dir. OUT (work dir/results.tsv).
 # Only processes this script started are ever signalled (by PID, trap on EXIT).
 set -uo pipefail
@@ -128,10 +129,11 @@ result() { # variant test round msgs_s mb_s wall client broker_cpu broker_sys br
   local IFS=$'\t'; echo "$*" >>"$OUT"
 }
 
-start_strait() { # variant fsync_policy
-  local v=$1 fs=$2 port dir pid i
+start_strait() { # variant fsync_policy [ENV=VALUE...]
+  local v=$1 fs=$2 port dir pid i; shift 2
+  local -a envs=(STRAIT_BENCH=1 "$@")
   port=$(freeport); dir="$WORK/data-$v"; mkdir -p "$dir"
-  "$STRAIT" broker --data-dir "$dir/log" --listen "127.0.0.1:$port" --fsync "$fs" \
+  env "${envs[@]}" "$STRAIT" broker --data-dir "$dir/log" --listen "127.0.0.1:$port" --fsync "$fs" \
     >"$WORK/broker-$v.log" 2>&1 </dev/null &
   pid=$!; STARTED_PIDS+=("$pid")
   for ((i = 0; i < 300; i++)); do
@@ -141,7 +143,7 @@ start_strait() { # variant fsync_policy
   done
   grep -q '^strait broker listening on' "$WORK/broker-$v.log" || { log "strait ($v) not ready in 15 s"; return 1; }
   BPID[$v]=$pid; BOOT[$v]="127.0.0.1:$port"; KIND[$v]=strait
-  log "started $v: pid $pid on 127.0.0.1:$port --fsync $fs (data $dir)"
+  log "started $v: pid $pid on 127.0.0.1:$port --fsync $fs (data $dir) env: ${envs[*]}"
 }
 
 start_tansu() { # variant
@@ -335,6 +337,8 @@ for v in ${VARIANTS:-strait strait_i5 tansu}; do
   case $v in
     strait) start_strait strait always && VLIST+=(strait) ;;
     strait_i5) start_strait strait_i5 interval:5 && VLIST+=(strait_i5) ;;
+    # diagnostic: glibc malloc told to keep big buffers on the heap (no mmap/munmap per fetch)
+    strait_mt) start_strait strait_mt always GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=268435456 && VLIST+=(strait_mt) ;;
     tansu)
       if [ -x "$TANSU_BIN" ]; then start_tansu tansu && VLIST+=(tansu)
       else log "tansu NOT INSTALLED ($TANSU_BIN missing): tansu column will be empty (build: $KIT/install-tansu.sh, ~21 min)"
@@ -416,7 +420,7 @@ done
 
 # ---------------------------------------------------------------- RSS with 1 000 idle partitions
 for v in "${VLIST[@]}"; do
-  [ "$v" = strait_i5 ] && continue             # fsync policy does not change memory use
+  [ "$v" = strait_i5 ] || [ "$v" = strait_mt ] && continue   # only the default build/config
   iv="idle_$v"
   if [ "${KIND[$v]}" = strait ]; then start_strait "$iv" always || continue; else start_tansu "$iv" || continue; fi
   rss0=$(rss_kib "${BPID[$iv]}")

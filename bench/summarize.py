@@ -10,6 +10,7 @@ import statistics
 import sys
 
 VARIANTS = [("strait", "strait (fsync always)"), ("strait_i5", "strait (fsync interval:5)"),
+            ("strait_mt", "strait (fsync always, malloc mmap threshold 32 MiB)"),
             ("tansu", "tansu 0.6.0 (sqlite)")]
 # (test, field, label)
 ROWS = [
@@ -199,12 +200,12 @@ def main():
             else:
                 avg = busy = fns = "—"
             consume = "_c" in test
-            if cc >= 0.9 and cc >= bc:
+            if cc >= 0.85 and cc >= bc:
                 bind = "client CPU"
             elif cc + bc >= 1.7:
                 bind = "machine CPU (both cores)"
-            elif bc >= 0.9:
-                bind = "broker CPU"
+            elif bc >= 0.85:
+                bind = "broker CPU (about one core)"
             elif busy_v >= 0.6:
                 bind = "fsync"
             elif consume and cc + bc >= 0.7:

@@ -396,6 +396,20 @@ impl Partition {
         }
     }
 
+    /// With `--fsync always`: starts an fsync in the background if data is waiting for one and
+    /// none is running, so the fsyncs of several partitions of one request overlap.
+    pub fn start_sync(self: &Arc<Self>, fsync: FsyncPolicy, notify: &Arc<Notify>) {
+        if fsync != FsyncPolicy::Always {
+            return;
+        }
+        let leo = self.lock().log.log_end_offset();
+        if leo > self.high_watermark() && self.try_start_sync() {
+            let me = self.clone();
+            let notify = notify.clone();
+            tokio::spawn(async move { me.sync_now(&notify).await });
+        }
+    }
+
     fn try_start_sync(&self) -> bool {
         let mut in_flight = self
             .sync_in_flight
@@ -701,7 +715,7 @@ pub struct Broker {
     /// Serialises topic creation, deletion and partition changes (not the data path).
     admin_lock: Mutex<()>,
     /// Signalled whenever a high watermark advances: wakes long-polling fetches.
-    pub data_arrived: Notify,
+    pub data_arrived: Arc<Notify>,
     producer_ids: Mutex<ProducerIdBlock>,
     /// The group coordinator: this broker coordinates every group.
     pub groups: Arc<GroupCoordinator>,
@@ -756,7 +770,7 @@ impl Broker {
             cluster_id,
             topics: RwLock::new(BTreeMap::new()),
             admin_lock: Mutex::new(()),
-            data_arrived: Notify::new(),
+            data_arrived: Arc::new(Notify::new()),
             producer_ids: Mutex::new(producer_ids),
             groups: Arc::new(groups),
             txns,

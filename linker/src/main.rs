@@ -64,6 +64,10 @@ struct BrokerArgs {
     /// How often retention runs, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     retention_check_ms: u64,
+    /// A consumer group with no members loses its committed offsets this many minutes after
+    /// its last commit (Kafka's offsets.retention.minutes).
+    #[arg(long, default_value_t = 10_080)]
+    offsets_retention_minutes: u64,
     /// Largest request frame accepted, in bytes.
     #[arg(long, default_value_t = server::DEFAULT_MAX_FRAME_BYTES)]
     max_frame_bytes: usize,
@@ -135,6 +139,8 @@ async fn run_broker(args: BrokerArgs) -> Result<()> {
     config.auto_create_topics = args.auto_create_topics;
     config.default_partitions = args.default_partitions;
     config.retention_check_interval = Duration::from_millis(args.retention_check_ms.max(1));
+    config.offsets_retention =
+        Duration::from_secs(args.offsets_retention_minutes.saturating_mul(60));
     let broker = tokio::task::spawn_blocking(move || Broker::open(config))
         .await?
         .with_context(|| format!("cannot open data dir {}", args.data_dir.display()))?;

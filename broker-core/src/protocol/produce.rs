@@ -156,6 +156,14 @@ pub(super) fn produce(ctx: Ctx, req: ProduceRequest) -> Result<Reply, ProtocolEr
             let fsync = ctx.broker.config.fsync;
             Ok(Reply::Later(Box::pin(async move {
                 let broker = ctx.broker.clone();
+                // Start every partition's fsync first so they run in parallel.
+                for (_, parts) in &topics {
+                    for p in parts {
+                        if let Ok((partition, _)) = &p.result {
+                            partition.start_sync(fsync, &broker.data_arrived);
+                        }
+                    }
+                }
                 let wait_all = async {
                     for (_, parts) in topics.iter_mut() {
                         for p in parts.iter_mut() {

@@ -102,11 +102,23 @@ impl TxnCoordinator {
 
     /// Durably stores one record (called with the lock held, so transitions are ordered).
     fn persist(&self, meta: &TxnMeta) -> Result<(), i16> {
+        self.store(meta, true)
+    }
+
+    /// Stores one record; `fsync` false leaves it to sled's background flush (used only where
+    /// losing the write is harmless: a lost "complete" just makes a restart rewrite markers).
+    fn store(&self, meta: &TxnMeta, fsync: bool) -> Result<(), i16> {
         let result = self
             .tree
             .insert(meta.transactional_id.as_bytes(), meta.encode())
-            .and_then(|_| self.db.flush());
-        result.map(|_| ()).map_err(|e| {
+            .and_then(|_| {
+                if fsync {
+                    self.db.flush().map(|_| ())
+                } else {
+                    Ok(())
+                }
+            });
+        result.map_err(|e| {
             tracing::error!(error = %e, "transaction store write failed");
             code::COORDINATOR_NOT_AVAILABLE
         })
@@ -395,7 +407,7 @@ impl TxnCoordinator {
             meta.pending_offsets.clear();
             meta.start_ms = -1;
             meta.last_update_ms = now_ms();
-            let _ = self.persist(meta);
+            let _ = self.store(meta, false);
         }
     }
 
@@ -468,6 +480,8 @@ pub async fn execute_end(broker: &Arc<Broker>, plan: EndPlan) -> i16 {
         ControlType::Abort
     };
     let fsync = broker.config.fsync;
+    // Append every marker first, then wait for all of them: the fsyncs run in parallel.
+    let mut written = Vec::with_capacity(plan.partitions.len());
     for (topic, index) in &plan.partitions {
         let partition = match broker.partition(topic, *index) {
             Ok(p) => p,
@@ -489,11 +503,15 @@ pub async fn execute_end(broker: &Arc<Broker>, plan: EndPlan) -> i16 {
                 return code::COORDINATOR_NOT_AVAILABLE;
             }
         };
+        partition.start_sync(fsync, &broker.data_arrived);
+        written.push((partition, outcome.end_offset));
+    }
+    for (partition, end_offset) in written {
         if let Err(e) = partition
-            .wait_durable(outcome.end_offset, fsync, &broker.data_arrived)
+            .wait_durable(end_offset, fsync, &broker.data_arrived)
             .await
         {
-            tracing::error!(topic = %topic, partition = index, error = %e, "transaction marker not durable");
+            tracing::error!(topic = %partition.topic, partition = partition.index, error = %e, "transaction marker not durable");
             return code::COORDINATOR_NOT_AVAILABLE;
         }
     }
