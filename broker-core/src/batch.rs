@@ -342,22 +342,47 @@ pub fn build_control_batch(
     record.extend_from_slice(&0i16.to_be_bytes());
     record.extend_from_slice(&coordinator_epoch.to_be_bytes());
     put_varint(&mut record, 0); // headers
-    let mut b = vec![0u8; HEADER_LEN];
-    put_varint(&mut b, record.len() as i64);
-    b.extend_from_slice(&record);
-    let len = (b.len() - LOG_OVERHEAD) as i32;
-    b[BATCH_LENGTH..BATCH_LENGTH + 4].copy_from_slice(&len.to_be_bytes());
-    b[PARTITION_LEADER_EPOCH..PARTITION_LEADER_EPOCH + 4].copy_from_slice(&(-1i32).to_be_bytes());
-    b[MAGIC] = 2;
-    let attributes = ATTR_CONTROL | ATTR_TRANSACTIONAL;
-    b[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
-    b[LAST_OFFSET_DELTA..LAST_OFFSET_DELTA + 4].copy_from_slice(&0i32.to_be_bytes());
-    b[BASE_TIMESTAMP..BASE_TIMESTAMP + 8].copy_from_slice(&timestamp_ms.to_be_bytes());
-    b[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&timestamp_ms.to_be_bytes());
-    b[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&producer_id.to_be_bytes());
-    b[PRODUCER_EPOCH..PRODUCER_EPOCH + 2].copy_from_slice(&producer_epoch.to_be_bytes());
-    b[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&(-1i32).to_be_bytes());
-    b[RECORDS_COUNT..RECORDS_COUNT + 4].copy_from_slice(&1i32.to_be_bytes());
+    let mut records = Vec::with_capacity(record.len() + 1);
+    put_varint(&mut records, record.len() as i64);
+    records.extend_from_slice(&record);
+    assemble(
+        &BatchHeader {
+            base_offset: 0,
+            batch_length: 0,
+            partition_leader_epoch: -1,
+            magic: 2,
+            crc: 0,
+            attributes: ATTR_CONTROL | ATTR_TRANSACTIONAL,
+            last_offset_delta: 0,
+            base_timestamp: timestamp_ms,
+            max_timestamp: timestamp_ms,
+            producer_id,
+            producer_epoch,
+            base_sequence: -1,
+            records_count: 1,
+        },
+        &records,
+    )
+}
+
+/// Builds a complete batch from header fields and encoded records; batchLength and the CRC
+/// are computed here (the header's values for them are ignored).
+pub fn assemble(h: &BatchHeader, records: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(HEADER_LEN + records.len());
+    b.extend_from_slice(&h.base_offset.to_be_bytes());
+    b.extend_from_slice(&((HEADER_LEN - LOG_OVERHEAD + records.len()) as i32).to_be_bytes());
+    b.extend_from_slice(&h.partition_leader_epoch.to_be_bytes());
+    b.push(2);
+    b.extend_from_slice(&[0; 4]); // CRC, filled below
+    b.extend_from_slice(&h.attributes.to_be_bytes());
+    b.extend_from_slice(&h.last_offset_delta.to_be_bytes());
+    b.extend_from_slice(&h.base_timestamp.to_be_bytes());
+    b.extend_from_slice(&h.max_timestamp.to_be_bytes());
+    b.extend_from_slice(&h.producer_id.to_be_bytes());
+    b.extend_from_slice(&h.producer_epoch.to_be_bytes());
+    b.extend_from_slice(&h.base_sequence.to_be_bytes());
+    b.extend_from_slice(&h.records_count.to_be_bytes());
+    b.extend_from_slice(records);
     let crc = compute_crc(&b);
     b[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
     b
@@ -392,52 +417,40 @@ pub(crate) mod test_batches {
     //! Hand-built batches for unit tests (uncompressed records, valid CRC).
     use super::*;
 
-    fn varint(out: &mut Vec<u8>, v: i64) {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
-        loop {
-            if z < 0x80 {
-                out.push(z as u8);
-                return;
-            }
-            out.push((z as u8 & 0x7f) | 0x80);
-            z >>= 7;
-        }
-    }
-
     /// A valid batch of `values.len()` uncompressed records with timestamps `base_ts + i`.
     pub fn build(values: &[&[u8]], base_ts: i64) -> Vec<u8> {
         let mut records = Vec::new();
         for (i, v) in values.iter().enumerate() {
             let mut r = Vec::new();
             r.push(0); // attributes
-            varint(&mut r, i as i64); // timestamp delta
-            varint(&mut r, i as i64); // offset delta
-            varint(&mut r, -1); // null key
-            varint(&mut r, v.len() as i64);
+            put_varint(&mut r, i as i64); // timestamp delta
+            put_varint(&mut r, i as i64); // offset delta
+            put_varint(&mut r, -1); // null key
+            put_varint(&mut r, v.len() as i64);
             r.extend_from_slice(v);
-            varint(&mut r, 0); // no headers
-            varint(&mut records, r.len() as i64);
+            put_varint(&mut r, 0); // no headers
+            put_varint(&mut records, r.len() as i64);
             records.extend_from_slice(&r);
         }
         let n = values.len() as i32;
-        let mut b = vec![0u8; HEADER_LEN];
-        b.extend_from_slice(&records);
-        let len = (b.len() - LOG_OVERHEAD) as i32;
-        b[BATCH_LENGTH..BATCH_LENGTH + 4].copy_from_slice(&len.to_be_bytes());
-        b[PARTITION_LEADER_EPOCH..PARTITION_LEADER_EPOCH + 4]
-            .copy_from_slice(&(-1i32).to_be_bytes());
-        b[MAGIC] = 2;
-        b[LAST_OFFSET_DELTA..LAST_OFFSET_DELTA + 4].copy_from_slice(&(n - 1).to_be_bytes());
-        b[BASE_TIMESTAMP..BASE_TIMESTAMP + 8].copy_from_slice(&base_ts.to_be_bytes());
-        let max_ts = base_ts + n as i64 - 1;
-        b[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&max_ts.to_be_bytes());
-        b[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&(-1i64).to_be_bytes());
-        b[PRODUCER_EPOCH..PRODUCER_EPOCH + 2].copy_from_slice(&(-1i16).to_be_bytes());
-        b[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&(-1i32).to_be_bytes());
-        b[RECORDS_COUNT..RECORDS_COUNT + 4].copy_from_slice(&n.to_be_bytes());
-        let crc = compute_crc(&b);
-        b[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
-        b
+        assemble(
+            &BatchHeader {
+                base_offset: 0,
+                batch_length: 0,
+                partition_leader_epoch: -1,
+                magic: 2,
+                crc: 0,
+                attributes: 0,
+                last_offset_delta: n - 1,
+                base_timestamp: base_ts,
+                max_timestamp: base_ts + n as i64 - 1,
+                producer_id: -1,
+                producer_epoch: -1,
+                base_sequence: -1,
+                records_count: n,
+            },
+            &records,
+        )
     }
 }
 

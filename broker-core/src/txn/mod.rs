@@ -233,37 +233,20 @@ impl TxnCoordinator {
                 })
                 .collect();
         }
-        let mut metas = self.metas();
-        let Some(meta) = metas.get_mut(transactional_id) else {
-            return all(code::INVALID_PRODUCER_ID_MAPPING);
-        };
-        if let Err(c) = Self::check_owner(meta, producer_id, epoch, fenced) {
-            return all(c);
-        }
-        if meta.status.is_prepare() {
-            return all(code::CONCURRENT_TRANSACTIONS);
-        }
-        let now = now_ms();
-        if meta.status != TxnStatus::Ongoing {
-            meta.status = TxnStatus::Ongoing;
-            meta.start_ms = now;
-        }
-        meta.last_update_ms = now;
-        meta.partitions.extend(partitions.iter().cloned());
-        match self.persist(meta) {
-            Ok(()) => all(code::NONE),
-            Err(c) => all(c),
-        }
+        let code = self.join_transaction(transactional_id, producer_id, epoch, fenced, |meta| {
+            meta.partitions.extend(partitions.iter().cloned())
+        });
+        all(code)
     }
 
-    /// AddOffsetsToTxn: the group's offsets will be committed with the transaction.
-    pub fn add_offsets(
+    /// Adds to the producer's transaction (starting it if none is open) and stores it durably.
+    fn join_transaction(
         &self,
         transactional_id: &str,
         producer_id: i64,
         epoch: i16,
-        group: &str,
         fenced: i16,
+        add: impl FnOnce(&mut TxnMeta),
     ) -> i16 {
         let mut metas = self.metas();
         let Some(meta) = metas.get_mut(transactional_id) else {
@@ -281,11 +264,25 @@ impl TxnCoordinator {
             meta.start_ms = now;
         }
         meta.last_update_ms = now;
-        meta.groups.insert(group.to_string());
+        add(meta);
         match self.persist(meta) {
             Ok(()) => code::NONE,
             Err(c) => c,
         }
+    }
+
+    /// AddOffsetsToTxn: the group's offsets will be committed with the transaction.
+    pub fn add_offsets(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        epoch: i16,
+        group: &str,
+        fenced: i16,
+    ) -> i16 {
+        self.join_transaction(transactional_id, producer_id, epoch, fenced, |meta| {
+            meta.groups.insert(group.to_string());
+        })
     }
 
     /// TxnOffsetCommit: offsets that become visible only if the transaction commits.
