@@ -185,6 +185,8 @@ pub struct Partition {
     hw_tx: watch::Sender<i64>,
     sync_in_flight: Mutex<bool>,
     failure: Mutex<Option<String>>,
+    /// Log end offset of the last producer-state snapshot written.
+    last_snapshot: Mutex<Option<i64>>,
 }
 
 impl Partition {
@@ -219,15 +221,52 @@ impl Partition {
             hw_tx,
             sync_in_flight: Mutex::new(false),
             failure: Mutex::new(None),
+            last_snapshot: Mutex::new(None),
         })
     }
 
-    /// Rebuilds idempotence and transaction state from the log's batch headers (and the
-    /// records of control batches, to tell commits from aborts).
+    /// Loads the newest usable producer-state snapshot (`{offset:020}.snapshot`, taken at a
+    /// durable log end offset); stale snapshots above the log end are removed.
+    fn load_snapshot(log: &PartitionLog) -> Option<(ProducerStateTable, i64)> {
+        let leo = log.log_end_offset();
+        let mut found: Vec<(i64, PathBuf)> = fs::read_dir(log.dir())
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter_map(|p| {
+                let name = p.file_name()?.to_str()?;
+                let offset = name.strip_suffix(".snapshot")?.parse::<i64>().ok()?;
+                Some((offset, p))
+            })
+            .collect();
+        found.sort();
+        while let Some((offset, path)) = found.pop() {
+            if offset > leo {
+                // Taken before a crash truncated the log below it: useless now.
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            match fs::read(&path)
+                .ok()
+                .and_then(|b| ProducerStateTable::decode_snapshot(&b))
+            {
+                Some((table, at)) if at == offset => return Some((table, offset)),
+                _ => {
+                    tracing::warn!(path = %path.display(), "ignoring a corrupt producer-state snapshot")
+                }
+            }
+        }
+        None
+    }
+
+    /// Rebuilds idempotence and transaction state: the newest snapshot, then the log's batch
+    /// headers after it (and the records of control batches, to tell commits from aborts).
     fn rebuild_producer_state(log: &PartitionLog) -> Result<ProducerStateTable, LogError> {
-        let mut producers = ProducerStateTable::default();
+        let (mut producers, from) = match Self::load_snapshot(log) {
+            Some((table, offset)) => (table, offset),
+            None => (ProducerStateTable::default(), log.log_start_offset()),
+        };
         let mut result = Ok(());
-        log.scan_headers(log.log_start_offset(), &mut |h| {
+        log.scan_headers(from.max(log.log_start_offset()), &mut |h| {
             if h.is_control() {
                 match log.read(h.base_offset, h.base_offset + 1, 1) {
                     Ok(bytes) => {
@@ -621,11 +660,51 @@ impl Partition {
         }
     }
 
+    /// Writes a producer-state snapshot at the log end, after an fsync that makes every
+    /// batch it describes durable; keeps the two newest snapshots.
+    fn write_snapshot(&self) -> Result<(), BrokerError> {
+        let (bytes, leo, target, dir) = {
+            let state = self.lock();
+            let leo = state.log.log_end_offset();
+            (
+                state.producers.encode_snapshot(leo),
+                leo,
+                state.log.sync_target(),
+                state.log.dir().to_path_buf(),
+            )
+        };
+        let last = *self.last_snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        if last == Some(leo) || leo == 0 {
+            return Ok(());
+        }
+        let io = |what: &str| BrokerError::io(format!("{}: {what}", self.name()));
+        target
+            .file
+            .sync_data()
+            .map_err(io("fsync before snapshot"))?;
+        let path = dir.join(format!("{leo:020}.snapshot"));
+        write_atomic(&path, &bytes).map_err(io("writing producer-state snapshot"))?;
+        *self.last_snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(leo);
+        let mut old: Vec<PathBuf> = fs::read_dir(&dir)
+            .map_err(io("listing snapshots"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "snapshot"))
+            .collect();
+        old.sort();
+        for p in old.iter().rev().skip(2) {
+            let _ = fs::remove_file(p);
+        }
+        Ok(())
+    }
+
     fn set_config(&self, config: &TopicConfig) {
         self.lock().log.set_config(config.log_config());
     }
 
     fn close(&self) -> Result<(), BrokerError> {
+        if self.check_online().is_ok() {
+            self.write_snapshot()?;
+        }
         self.lock()
             .log
             .close()
@@ -1093,12 +1172,17 @@ impl Broker {
         topic.persist()
     }
 
-    /// One pass of retention over every partition.
+    /// One pass of retention (and producer-state snapshots) over every partition.
     pub fn enforce_retention(&self) {
         let now = now_ms();
         for topic in self.topics() {
             for p in topic.partitions() {
                 p.enforce_retention(now);
+                if p.check_online().is_ok() {
+                    if let Err(e) = p.write_snapshot() {
+                        tracing::warn!(partition = %p.name(), error = %e, "producer-state snapshot failed");
+                    }
+                }
             }
         }
     }
@@ -1174,6 +1258,98 @@ mod tests {
             9092,
         ))
         .unwrap()
+    }
+
+    /// An idempotent batch of one record from producer `pid` with sequence `seq`.
+    fn idempotent_batch(pid: i64, seq: i32) -> Vec<u8> {
+        let plain = build(&[b"v"], 1);
+        let mut h = BatchHeader::parse(&plain).unwrap();
+        h.producer_id = pid;
+        h.producer_epoch = 0;
+        h.base_sequence = seq;
+        batch::assemble(&h, &plain[batch::HEADER_LEN..])
+    }
+
+    #[tokio::test]
+    async fn dedup_survives_restart_with_and_without_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = TopicConfig::default();
+        for round in 0..3 {
+            let b = open(dir.path());
+            if round == 0 {
+                b.create_topic(NewTopic {
+                    name: "t".into(),
+                    partitions: 1,
+                    config: cfg.clone(),
+                })
+                .unwrap();
+            }
+            let p = b.partition("t", 0).unwrap();
+            // round r appends sequences 2r, 2r+1; then retries 2r (a duplicate)
+            for seq in [2 * round, 2 * round + 1] {
+                let out = p
+                    .append_produced(
+                        idempotent_batch(7, seq),
+                        &cfg,
+                        FsyncPolicy::Always,
+                        &b.data_arrived,
+                    )
+                    .unwrap();
+                assert!(!out.duplicate);
+                assert_eq!(out.base_offset, seq as i64);
+            }
+            let retry = p
+                .append_produced(
+                    idempotent_batch(7, 2 * round),
+                    &cfg,
+                    FsyncPolicy::Always,
+                    &b.data_arrived,
+                )
+                .unwrap();
+            assert!(retry.duplicate);
+            assert_eq!(retry.base_offset, 2 * round as i64);
+            if round == 1 {
+                // a corrupt snapshot is ignored (state comes from the log)
+                b.shutdown().unwrap();
+                let snaps: Vec<_> = std::fs::read_dir(p.lock().log.dir())
+                    .unwrap()
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|e| e == "snapshot"))
+                    .collect();
+                assert!(!snaps.is_empty(), "clean shutdown writes a snapshot");
+                for s in snaps {
+                    std::fs::write(s, b"garbage").unwrap();
+                }
+            } else {
+                b.shutdown().unwrap();
+            }
+            drop(p);
+            drop(b);
+        }
+        // after the restarts, a retry of an old batch is still a duplicate, a gap is refused
+        let b = open(dir.path());
+        let p = b.partition("t", 0).unwrap();
+        let retry = p
+            .append_produced(
+                idempotent_batch(7, 5),
+                &cfg,
+                FsyncPolicy::Always,
+                &b.data_arrived,
+            )
+            .unwrap();
+        assert!(retry.duplicate);
+        assert!(matches!(
+            p.append_produced(
+                idempotent_batch(7, 9),
+                &cfg,
+                FsyncPolicy::Always,
+                &b.data_arrived
+            ),
+            Err(BrokerError::OutOfOrderSequence {
+                expected: 6,
+                got: 9
+            })
+        ));
     }
 
     #[test]
