@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Broker benchmark: Strait vs tansu vs the raw disk, side by side in one run.
 #
-#   bench/broker-bench.sh            # ~5-8 min on 2 cores; results in $OUT (printed at the end)
+#   bench/broker-bench.sh            # ~3.5 min on 2 cores (ROUNDS=3); summary printed at the end
 #
 # What it measures (method: research/anchors-quality.md §B.3 -- all variants in the same
 # invocation, interleaved per round in a shuffled order, ratios reported next to absolutes):
 #   (b) raw sequential write speed of the disk holding the data dirs:
 #       dd if=/dev/zero of=FILE bs=1M count=1024 conv=fdatasync
+#       (and dd bs=2M count=512 oflag=dsync: the disk with a sync every 2 MiB)
 #   per broker (strait --fsync always, strait --fsync interval:5, tansu sqlite if installed):
 #     rdkafka_performance (kit binary, on librdkafka 2.16 from the confluent-kafka wheel;
 #       tansu 0.6.0 cannot talk to librdkafka 2.0.2, see peers/BASELINE-tansu.md):
@@ -24,7 +25,9 @@
 #   TANSU_CK_N1K (50000) STRAIT (target/release/strait) PEERS (/tmp/peers)
 #   VARIANTS ("strait strait_i5 tansu"; also strait_mt = fsync always with glibc malloc's
 #   mmap threshold raised to 32 MiB, a diagnostic for the fetch path) TANSU_ENGINE (sqlite, as in BASELINE-tansu.md)
-#   KEEP=1 keeps the work dir. OUT (work dir/results.tsv).
+#   KEEP=1 keeps the data too. OUT (work dir/results.tsv).
+# Output: /tmp/strait-bench.XXXXXX/ keeps results.tsv, summary.md (bench/summarize.py),
+#   machine.txt and every client/broker/perf log; the broker data dirs are deleted at exit.
 # Only processes this script started are ever signalled (by PID, trap on EXIT).
 set -uo pipefail
 
