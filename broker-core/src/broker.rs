@@ -955,6 +955,22 @@ impl Broker {
                 continue;
             }
             let props_path = dir.join("topic.properties");
+            if !props_path.exists() {
+                // A creation that crashed (or failed) before its commit point: never visible
+                // to clients, so it is set aside rather than served or treated as fatal.
+                let graveyard = self.config.data_dir.join("deleted");
+                let name = dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let target =
+                    graveyard.join(format!("{name}-incomplete-{}", Uuid::new_v4().simple()));
+                tracing::warn!(path = %dir.display(), "topic directory without topic.properties (an interrupted creation): removing it");
+                fs::create_dir_all(&graveyard)
+                    .and_then(|_| fs::rename(&dir, &target))
+                    .map_err(BrokerError::io(format!("setting aside {}", dir.display())))?;
+                continue;
+            }
             let text = fs::read_to_string(&props_path).map_err(|e| {
                 BrokerError::DataDir(
                     self.config.data_dir.clone(),
@@ -1060,21 +1076,35 @@ impl Broker {
             // Left over from a creation that crashed before its metadata file was written.
             fs::remove_dir_all(&dir).map_err(BrokerError::io("removing stale topic dir"))?;
         }
-        fs::create_dir_all(&dir).map_err(BrokerError::io("creating topic dir"))?;
-        let mut partitions = Vec::with_capacity(t.partitions as usize);
-        for index in 0..t.partitions {
-            let p = Partition::open(&t.name, index, &dir.join(index.to_string()), &t.config)?;
-            partitions.push(Arc::new(p));
-        }
-        let topic = Arc::new(Topic {
-            name: t.name.clone(),
-            id: Uuid::new_v4(),
-            dir: dir.clone(),
-            config: RwLock::new(t.config),
-            partitions: RwLock::new(partitions),
-        });
-        topic.persist()?;
-        sync_dir(&self.topics_dir()).map_err(BrokerError::io("syncing topics dir"))?;
+        let built = (|| {
+            fs::create_dir_all(&dir).map_err(BrokerError::io("creating topic dir"))?;
+            let mut partitions = Vec::with_capacity(t.partitions as usize);
+            for index in 0..t.partitions {
+                let p = Partition::open(&t.name, index, &dir.join(index.to_string()), &t.config)?;
+                partitions.push(Arc::new(p));
+            }
+            let topic = Arc::new(Topic {
+                name: t.name.clone(),
+                id: Uuid::new_v4(),
+                dir: dir.clone(),
+                config: RwLock::new(t.config.clone()),
+                partitions: RwLock::new(partitions),
+            });
+            topic.persist()?;
+            sync_dir(&self.topics_dir()).map_err(BrokerError::io("syncing topics dir"))?;
+            Ok(topic)
+        })();
+        let topic = match built {
+            Ok(topic) => topic,
+            Err(e) => {
+                // Nothing was committed (topic.properties is the commit point): undo it all.
+                tracing::warn!(topic = %t.name, error = %e, "topic creation failed; removing its files");
+                if let Err(rm) = fs::remove_dir_all(&dir) {
+                    tracing::warn!(path = %dir.display(), error = %rm, "could not remove a failed topic's files");
+                }
+                return Err(e);
+            }
+        };
         self.topics
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -1227,15 +1257,32 @@ impl Broker {
 
     /// Clean shutdown: fsync and close every partition log.
     pub fn shutdown(&self) -> Result<(), BrokerError> {
-        let mut first_error = None;
-        for topic in self.topics() {
-            for p in topic.partitions() {
-                if let Err(e) = p.close() {
-                    tracing::error!(error = %e, "closing partition failed");
-                    first_error.get_or_insert(e);
-                }
-            }
+        // Partitions close independently (each fsyncs its own files): do it on a few threads,
+        // so a broker with thousands of partitions stops in about a second.
+        let partitions: Vec<Arc<Partition>> =
+            self.topics().iter().flat_map(|t| t.partitions()).collect();
+        let workers = 8.min(partitions.len().max(1));
+        let chunk = partitions.len().div_ceil(workers).max(1);
+        let errors: Vec<BrokerError> = std::thread::scope(|scope| {
+            let handles: Vec<_> = partitions
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .filter_map(|p| p.close().err())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        for e in &errors {
+            tracing::error!(error = %e, "closing partition failed");
         }
+        let first_error = errors.into_iter().next();
         if let Err(e) = self.txns.flush() {
             tracing::error!(error = %e, "flushing transaction state failed");
         }
@@ -1350,6 +1397,23 @@ mod tests {
                 got: 9
             })
         ));
+    }
+
+    #[test]
+    fn an_interrupted_topic_creation_does_not_block_start() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path()));
+        // partition dirs exist, the commit point (topic.properties) was never written
+        std::fs::create_dir_all(dir.path().join("topics/half/0")).unwrap();
+        let b = open(dir.path());
+        assert!(b.topic("half").is_none());
+        assert!(!dir.path().join("topics/half").exists());
+        b.create_topic(NewTopic {
+            name: "half".into(),
+            partitions: 1,
+            config: TopicConfig::default(),
+        })
+        .unwrap();
     }
 
     #[test]
