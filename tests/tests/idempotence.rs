@@ -29,9 +29,9 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     BrokerId, FetchRequest, FetchResponse, InitProducerIdRequest, InitProducerIdResponse,
-    ProduceRequest, ProduceResponse, TopicName,
+    ProduceRequest, ProduceResponse, RequestHeader, TopicName,
 };
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::protocol::{Decodable, HeaderVersion, StrBytes};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
@@ -192,14 +192,13 @@ fn fetch_all(c: &mut KafkaConn, topic: &str) -> Vec<(i64, i64, i32, String)> {
 /// The log must hold exactly `expected` = [(producer id, sequence, value)] at offsets 0, 1, ...
 fn assert_log(c: &mut KafkaConn, topic: &str, expected: &[(i64, i32, String)], context: &str) {
     let got = fetch_all(c, topic);
-    let got_cmp: Vec<(i64, i64, i32, String)> = got.clone();
     let want: Vec<(i64, i64, i32, String)> = expected
         .iter()
         .enumerate()
         .map(|(o, (pid, seq, v))| (o as i64, *pid, *seq, v.clone()))
         .collect();
     assert_eq!(
-        got_cmp,
+        got,
         want,
         "log contents {context}: want {} records exactly once each, got {}",
         want.len(),
@@ -331,6 +330,10 @@ struct ProxyShared {
     /// 0-based indices (in the order they arrive) of the Produce responses to drop.
     drop_at: HashSet<u64>,
     stop: AtomicBool,
+    /// (producer id, partition, base sequence) of every batch forwarded to the broker.
+    batches_seen: Mutex<HashSet<(i64, i32, i32)>>,
+    /// Batches forwarded again with a (producer id, partition, sequence) already forwarded.
+    batches_resent: AtomicU64,
 }
 
 struct Proxy {
@@ -355,6 +358,8 @@ impl Proxy {
             connections: AtomicU64::new(0),
             drop_at,
             stop: AtomicBool::new(false),
+            batches_seen: Mutex::default(),
+            batches_resent: AtomicU64::new(0),
         });
         let sh = shared.clone();
         let accept_thread = std::thread::spawn(move || {
@@ -376,8 +381,8 @@ impl Proxy {
                     client.try_clone().expect("clone"),
                     server.try_clone().expect("clone"),
                 );
-                let p2 = pending.clone();
-                std::thread::spawn(move || forward_requests(client, server, p2));
+                let (p2, sh1) = (pending.clone(), sh.clone());
+                std::thread::spawn(move || forward_requests(client, server, p2, sh1));
                 let sh2 = sh.clone();
                 std::thread::spawn(move || forward_responses(s2, c2, pending, sh2));
             }
@@ -420,12 +425,16 @@ fn forward_requests(
     mut client: TcpStream,
     mut server: TcpStream,
     pending: Arc<Mutex<HashMap<i32, i16>>>,
+    sh: Arc<ProxyShared>,
 ) {
     while let Some(frame) = read_frame(&mut client) {
         if frame.len() >= 12 {
             let api_key = i16::from_be_bytes([frame[4], frame[5]]);
             let cid = i32::from_be_bytes(frame[8..12].try_into().unwrap());
             pending.lock().unwrap().insert(cid, api_key);
+            if api_key == 0 {
+                note_produce_batches(&frame, &sh);
+            }
         }
         if server.write_all(&frame).is_err() {
             break;
@@ -433,6 +442,30 @@ fn forward_requests(
     }
     let _ = client.shutdown(Shutdown::Both);
     let _ = server.shutdown(Shutdown::Both);
+}
+
+/// Records (producer id, partition, base sequence) of every batch in a Produce request frame
+/// and counts the batches sent more than once (retries the broker must deduplicate).
+fn note_produce_batches(frame: &[u8], sh: &ProxyShared) {
+    let mut buf = Bytes::copy_from_slice(&frame[4..]);
+    let version = i16::from_be_bytes([frame[6], frame[7]]);
+    let Ok(_) = RequestHeader::decode(&mut buf, ProduceRequest::header_version(version)) else {
+        return;
+    };
+    let Ok(req) = ProduceRequest::decode(&mut buf, version) else {
+        return;
+    };
+    let mut seen = sh.batches_seen.lock().unwrap();
+    for t in &req.topic_data {
+        for p in &t.partition_data {
+            let mut records = p.records.clone().unwrap_or_default();
+            for b in RecordBatchDecoder::decode_batch_info(&mut records).unwrap_or_default() {
+                if !seen.insert((b.producer_id, p.index, b.base_sequence)) {
+                    sh.batches_resent.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    }
 }
 
 /// broker -> client: forwards responses, except that a Produce response whose index is in
@@ -585,17 +618,27 @@ fn producer_retries_through_a_dropping_proxy_store_each_message_once() {
     let produced_in = t0.elapsed();
     broker.assert_running("after producing");
     let dropped = proxy.shared.dropped.load(Ordering::SeqCst);
+    let errors = reports.errors.lock().unwrap().clone();
     println!(
         "[idem-proxy] produced {N} in {produced_in:?}: {} Produce responses, {dropped} dropped, {} proxied connections, client errors {:?}",
         proxy.shared.produce_responses.load(Ordering::SeqCst),
         proxy.shared.connections.load(Ordering::SeqCst),
-        &reports.errors.lock().unwrap()[..reports.errors.lock().unwrap().len().min(5)]
+        &errors[..errors.len().min(5)]
     );
     assert!(
         !reports.fatal.load(Ordering::SeqCst),
         "fatal producer error: {:?} (errors {:?})",
         producer.client().fatal_error(),
         reports.errors.lock().unwrap()
+    );
+    let resent = proxy.shared.batches_resent.load(Ordering::SeqCst);
+    println!(
+        "[idem-proxy] {} distinct batches forwarded, {resent} of them forwarded again",
+        proxy.shared.batches_seen.lock().unwrap().len()
+    );
+    assert!(
+        resent > 0,
+        "no batch was sent twice: the broker's duplicate detection was not exercised"
     );
     assert!(
         dropped >= 4,

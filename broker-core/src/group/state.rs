@@ -823,11 +823,13 @@ impl Groups {
         generation: i32,
     ) -> Result<(), i16> {
         let Some(group) = self.groups.get(group_id) else {
-            // No live group: only "simple" commits (no generation) are valid.
+            // No live group: only "simple" commits (no generation) are valid. A member of a
+            // group this broker no longer knows (e.g. after a restart) is told it is unknown,
+            // so it rejoins at once, as Kafka does.
             return if generation < 0 {
                 Ok(())
             } else {
-                Err(code::ILLEGAL_GENERATION)
+                Err(code::UNKNOWN_MEMBER_ID)
             };
         };
         if generation < 0 && member_id.is_empty() {
@@ -1268,6 +1270,10 @@ mod tests {
             Err(code::ILLEGAL_GENERATION)
         );
         assert_eq!(g.check_commit("other", "", None, -1), Ok(()));
+        assert_eq!(
+            g.check_commit("other", "m", None, 3),
+            Err(code::UNKNOWN_MEMBER_ID)
+        );
         assert_eq!(g.delete("g"), Err(code::NON_EMPTY_GROUP));
     }
 
