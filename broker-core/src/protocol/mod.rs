@@ -184,6 +184,9 @@ pub fn decode_request(mut frame: Bytes) -> Result<Decoded, ProtocolError> {
             let body = metadata::api_versions_body(ResponseError::UnsupportedVersion.code());
             return Ok(Decoded::Reply(encode_response(correlation_id, 0, &body)?));
         }
+        if let Some(reply) = unsupported_version_reply(api, version, correlation_id) {
+            return Ok(Decoded::Reply(reply));
+        }
         return Err(ProtocolError::UnsupportedVersion {
             api,
             version,
@@ -207,6 +210,43 @@ pub fn decode_request(mut frame: Bytes) -> Result<Decoded, ProtocolError> {
         client_id,
         body,
     })))
+}
+
+/// An UNSUPPORTED_VERSION answer, in the requested version, for APIs whose response carries a
+/// top-level error code at that version. None when no such response can be encoded (the
+/// connection is then closed, as Kafka does).
+fn unsupported_version_reply(api: ApiKey, version: i16, correlation_id: i32) -> Option<BytesMut> {
+    use kafka_protocol::messages::*;
+    let code = ResponseError::UnsupportedVersion.code();
+    macro_rules! reply {
+        ($t:ty) => {
+            encode_response(
+                correlation_id,
+                version,
+                &<$t>::default().with_error_code(code),
+            )
+            .ok()
+        };
+    }
+    match api {
+        ApiKey::Fetch => reply!(FetchResponse),
+        ApiKey::Metadata => reply!(MetadataResponse),
+        ApiKey::OffsetFetch => reply!(OffsetFetchResponse),
+        ApiKey::FindCoordinator => reply!(FindCoordinatorResponse),
+        ApiKey::JoinGroup => reply!(JoinGroupResponse),
+        ApiKey::SyncGroup => reply!(SyncGroupResponse),
+        ApiKey::Heartbeat => reply!(HeartbeatResponse),
+        ApiKey::LeaveGroup => reply!(LeaveGroupResponse),
+        ApiKey::ListGroups => reply!(ListGroupsResponse),
+        ApiKey::InitProducerId => reply!(InitProducerIdResponse),
+        ApiKey::AddOffsetsToTxn => reply!(AddOffsetsToTxnResponse),
+        ApiKey::AddPartitionsToTxn => reply!(AddPartitionsToTxnResponse),
+        ApiKey::EndTxn => reply!(EndTxnResponse),
+        ApiKey::DescribeCluster => reply!(DescribeClusterResponse),
+        ApiKey::OffsetDelete => reply!(OffsetDeleteResponse),
+        ApiKey::ListTransactions => reply!(ListTransactionsResponse),
+        _ => None,
+    }
 }
 
 /// Handles one request frame (without its length prefix).
@@ -369,10 +409,24 @@ mod tests {
             decode_request(Bytes::from(header(999, 0))),
             Err(ProtocolError::UnknownApiKey(999))
         ));
+        // Produce v13 has no top-level error code: the connection is closed.
         assert!(matches!(
             decode_request(Bytes::from(header(0, 13))),
             Err(ProtocolError::UnsupportedVersion { .. })
         ));
+        // Fetch v13 (topic ids, not implemented) is answered with UNSUPPORTED_VERSION.
+        match decode_request(Bytes::from(header(1, 13))) {
+            Ok(Decoded::Reply(b)) => {
+                use kafka_protocol::messages::FetchResponse;
+                let mut body = b.freeze();
+                let _len = bytes::Buf::get_i32(&mut body);
+                let header = ResponseHeader::decode(&mut body, 1).unwrap();
+                assert_eq!(header.correlation_id, 7);
+                let r = FetchResponse::decode(&mut body, 13).unwrap();
+                assert_eq!(r.error_code, 35);
+            }
+            _ => panic!("expected an UNSUPPORTED_VERSION Fetch reply"),
+        }
         // ApiVersions v99: KIP-511 v0 reply with error 35
         match decode_request(Bytes::from(header(18, 99))) {
             Ok(Decoded::Reply(b)) => assert_eq!(&b[8..10], &35i16.to_be_bytes()),
