@@ -23,7 +23,7 @@ use state::{Answer, Delivery, Groups, JoinRequest, JoinResult, SyncResult, Token
 
 /// Default `offsets.retention.minutes` (7 days), as in Kafka.
 pub const DEFAULT_OFFSETS_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
-const TICK: Duration = Duration::from_millis(100);
+const TICK: Duration = Duration::from_millis(50);
 
 enum Parked {
     Join(oneshot::Sender<JoinResult>),

@@ -6,8 +6,11 @@
 //! by whichever call completed it (another member's join, the leader's sync, a timeout).
 //! Nothing here touches clocks or sockets; times are milliseconds passed in.
 //!
-//! Rebalances complete as soon as every member has rejoined (Kafka waits only for the
-//! members; there is no initial delay), or when the rebalance timeout removes the stragglers.
+//! Rebalances complete as soon as every member has rejoined, or when the rebalance timeout
+//! removes the stragglers. Only a group forming from empty waits a short join window
+//! ([`INITIAL_JOIN_WINDOW_MS`]), so that consumers started together settle in one rebalance
+//! instead of the first one finishing alone and the others waiting for its next heartbeat
+//! (Kafka waits `group.initial.rebalance.delay.ms`, 3 s, for the same reason).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -34,6 +37,8 @@ pub mod code {
 
 pub const MIN_SESSION_TIMEOUT_MS: i32 = 1_000;
 pub const MAX_SESSION_TIMEOUT_MS: i32 = 1_800_000;
+/// How long a group forming from empty waits for more members before its first rebalance.
+pub const INITIAL_JOIN_WINDOW_MS: i64 = 100;
 /// Members per group, like Kafka's `group.max.size`.
 pub const MAX_GROUP_SIZE: usize = 1_000;
 
@@ -178,6 +183,8 @@ pub struct Group {
     pending: HashMap<String, i64>,
     static_members: HashMap<String, String>,
     rebalance_deadline_ms: i64,
+    /// While `now` is below this, a forming group does not complete its rebalance.
+    join_window_until_ms: i64,
     next_member: u64,
 }
 
@@ -193,6 +200,7 @@ impl Group {
             pending: HashMap::new(),
             static_members: HashMap::new(),
             rebalance_deadline_ms: 0,
+            join_window_until_ms: 0,
             next_member: 0,
         }
     }
@@ -335,11 +343,15 @@ impl Group {
         if self.members.values().any(|m| m.awaiting_join.is_none()) {
             return;
         }
+        if now < self.join_window_until_ms {
+            return; // a forming group: `tick` completes it when the window closes
+        }
         self.complete_join(now, out);
     }
 
     fn complete_join(&mut self, now: i64, out: &mut Vec<Delivery>) {
         self.generation += 1;
+        self.join_window_until_ms = 0;
         if self.members.is_empty() {
             self.state = GroupState::Empty;
             self.protocol_name = None;
@@ -601,6 +613,9 @@ impl Groups {
             );
             if group.protocol_type.is_none() {
                 group.protocol_type = Some(req.protocol_type.clone());
+            }
+            if group.state == GroupState::Empty {
+                group.join_window_until_ms = now + INITIAL_JOIN_WINDOW_MS;
             }
             group.fail_pending_syncs(&mut out);
             group.start_rebalance(now);
@@ -877,6 +892,9 @@ impl Groups {
                 tracing::info!(member = %id, "group member session expired");
                 group.remove_member(&id, now, &mut out);
             }
+            if group.state == GroupState::PreparingRebalance && now >= group.join_window_until_ms {
+                group.try_complete_join(now, &mut out);
+            }
             if group.state == GroupState::PreparingRebalance && now >= group.rebalance_deadline_ms {
                 let stragglers: Vec<String> = group
                     .members
@@ -1003,8 +1021,44 @@ mod tests {
             panic!("first join must answer")
         };
         assert_eq!(r.error, code::MEMBER_ID_REQUIRED);
-        let (a, d) = g.join(now, join_req("g", &r.member_id), token);
+        let (a, mut d) = g.join(now, join_req("g", &r.member_id), token);
+        // A join parked only by a forming group's join window is settled by a later tick.
+        if a == Answer::Parked {
+            d.extend(g.tick(now + INITIAL_JOIN_WINDOW_MS));
+            let mine = d
+                .iter()
+                .position(|x| matches!(x, Delivery::Join(t, _) if *t == token));
+            if let Some(Delivery::Join(_, res)) = mine.map(|pos| d.remove(pos)) {
+                return (r.member_id, Answer::Now(res), d);
+            }
+        }
         (r.member_id, a, d)
+    }
+
+    #[test]
+    fn members_joining_a_forming_group_together_share_one_rebalance() {
+        let mut g = Groups::default();
+        let mut ids = Vec::new();
+        for token in 1..=3 {
+            let (a, _) = g.join(token as i64 * 10, join_req("g", ""), token);
+            let Answer::Now(r) = a else { panic!() };
+            let (a, d) = g.join(token as i64 * 10, join_req("g", &r.member_id), token);
+            assert_eq!(a, Answer::Parked);
+            assert!(d.is_empty());
+            ids.push(r.member_id);
+        }
+        assert!(
+            g.tick(10 + INITIAL_JOIN_WINDOW_MS - 1).is_empty(),
+            "window still open"
+        );
+        let d = g.tick(10 + INITIAL_JOIN_WINDOW_MS);
+        assert_eq!(d.len(), 3, "all three answered by the first rebalance");
+        for delivery in d {
+            let Delivery::Join(_, r) = delivery else {
+                panic!()
+            };
+            assert_eq!((r.error, r.generation), (0, 1));
+        }
     }
 
     #[test]
@@ -1165,7 +1219,11 @@ mod tests {
         let mut req = join_req("g", "");
         req.group_instance_id = Some("i1".into());
         let (ans, _) = g.join(0, req.clone(), 1);
-        let Answer::Now(r1) = ans else { panic!() };
+        assert_eq!(ans, Answer::Parked, "a forming group waits its join window");
+        let r1 = match g.tick(INITIAL_JOIN_WINDOW_MS).pop() {
+            Some(Delivery::Join(1, r)) => r,
+            other => panic!("the window's end completes the join: {other:?}"),
+        };
         let old = r1.member_id.clone();
         let mut other = join_req("g", "");
         other.require_known_member_id = false;
