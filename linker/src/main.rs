@@ -100,12 +100,14 @@ fn tune_process() {
             }
         }
     }
-    // Fetch responses use buffers of up to a few MiB; above glibc's default threshold each one
-    // is a fresh mmap that page-faults in again on every fetch (measured: up to 470 k faults
-    // per GB consumed). Keep such buffers on the heap, where they are reused.
+    // Fetch responses use buffers of up to a few MiB. By default glibc maps each one freshly
+    // (above its mmap threshold) or trims it back to the kernel when freed (above its trim
+    // threshold), so every fetch page-faults its buffers in again: measured 100-470 k faults
+    // per GB consumed and 0.75-0.95 GB/s. Keeping them on the heap: ~100 faults, 1.2 GB/s.
     // SAFETY: mallopt changes allocator parameters; called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
 }
 
