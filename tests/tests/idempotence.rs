@@ -17,14 +17,16 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use common::{client_config, consumer_config, create_topic, Broker, BrokerOptions, KafkaConn, Rng};
+use common::{
+    client_config, consumer_config, create_topic, Broker, BrokerOptions, DroppingProxy, KafkaConn,
+    ProxyPolicy, Rng,
+};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
@@ -320,180 +322,67 @@ fn replayed_batches_are_deduplicated_also_after_restart() {
 }
 
 // ---------------------------------------------------------------------------------------
-// A TCP proxy that drops Produce responses
+// A proxy policy that drops Produce responses
 
-struct ProxyShared {
+/// Drops the Produce responses whose arrival index is in `drop_at` (the proxy then closes the
+/// connection), and counts the batches clients send more than once.
+#[derive(Default)]
+struct ProduceDrops {
     /// Produce responses seen so far (forwarded or dropped).
     produce_responses: AtomicU64,
     dropped: AtomicU64,
-    connections: AtomicU64,
     /// 0-based indices (in the order they arrive) of the Produce responses to drop.
     drop_at: HashSet<u64>,
-    stop: AtomicBool,
     /// (producer id, partition, base sequence) of every batch forwarded to the broker.
     batches_seen: Mutex<HashSet<(i64, i32, i32)>>,
     /// Batches forwarded again with a (producer id, partition, sequence) already forwarded.
     batches_resent: AtomicU64,
 }
 
-struct Proxy {
-    addr: SocketAddr,
-    shared: Arc<ProxyShared>,
-    accept_thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Proxy {
-    /// Listens on a free port of 127.0.0.1; `upstream` is filled in by `run`.
-    fn bind() -> (TcpListener, SocketAddr) {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-        let addr = l.local_addr().expect("proxy addr");
-        (l, addr)
-    }
-
-    fn run(listener: TcpListener, upstream: SocketAddr, drop_at: HashSet<u64>) -> Proxy {
-        let addr = listener.local_addr().expect("proxy addr");
-        let shared = Arc::new(ProxyShared {
-            produce_responses: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            connections: AtomicU64::new(0),
-            drop_at,
-            stop: AtomicBool::new(false),
-            batches_seen: Mutex::default(),
-            batches_resent: AtomicU64::new(0),
-        });
-        let sh = shared.clone();
-        let accept_thread = std::thread::spawn(move || {
-            for client in listener.incoming() {
-                if sh.stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(client) = client else { continue };
-                let Ok(server) = TcpStream::connect_timeout(&upstream, Duration::from_secs(5))
-                else {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                };
-                sh.connections.fetch_add(1, Ordering::SeqCst);
-                let _ = client.set_nodelay(true);
-                let _ = server.set_nodelay(true);
-                let pending: Arc<Mutex<HashMap<i32, i16>>> = Arc::default();
-                let (c2, s2) = (
-                    client.try_clone().expect("clone"),
-                    server.try_clone().expect("clone"),
-                );
-                let (p2, sh1) = (pending.clone(), sh.clone());
-                std::thread::spawn(move || forward_requests(client, server, p2, sh1));
-                let sh2 = sh.clone();
-                std::thread::spawn(move || forward_responses(s2, c2, pending, sh2));
-            }
-        });
-        Proxy {
-            addr,
-            shared,
-            accept_thread: Some(accept_thread),
+impl ProxyPolicy for ProduceDrops {
+    fn on_request(&self, frame: &[u8]) {
+        if i16::from_be_bytes([frame[4], frame[5]]) == 0 {
+            self.note_produce_batches(frame);
         }
     }
-}
 
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop; existing connections end when their peers close.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(t) = self.accept_thread.take() {
-            let _ = t.join();
+    fn drop_response(&self, api_key: i16) -> bool {
+        if api_key != 0 {
+            return false;
         }
+        let i = self.produce_responses.fetch_add(1, Ordering::SeqCst);
+        let drop = self.drop_at.contains(&i);
+        if drop {
+            self.dropped.fetch_add(1, Ordering::SeqCst);
+        }
+        drop
     }
 }
 
-/// Reads one `[i32 length][body]` frame; `None` on EOF or any error.
-fn read_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).ok()?;
-    let n = i32::from_be_bytes(len);
-    if !(0..=64 << 20).contains(&n) {
-        return None;
-    }
-    let mut frame = vec![0u8; 4 + n as usize];
-    frame[..4].copy_from_slice(&len);
-    s.read_exact(&mut frame[4..]).ok()?;
-    Some(frame)
-}
-
-/// client -> broker: notes each request's (correlation id -> api key), then forwards it.
-fn forward_requests(
-    mut client: TcpStream,
-    mut server: TcpStream,
-    pending: Arc<Mutex<HashMap<i32, i16>>>,
-    sh: Arc<ProxyShared>,
-) {
-    while let Some(frame) = read_frame(&mut client) {
-        if frame.len() >= 12 {
-            let api_key = i16::from_be_bytes([frame[4], frame[5]]);
-            let cid = i32::from_be_bytes(frame[8..12].try_into().unwrap());
-            pending.lock().unwrap().insert(cid, api_key);
-            if api_key == 0 {
-                note_produce_batches(&frame, &sh);
-            }
-        }
-        if server.write_all(&frame).is_err() {
-            break;
-        }
-    }
-    let _ = client.shutdown(Shutdown::Both);
-    let _ = server.shutdown(Shutdown::Both);
-}
-
-/// Records (producer id, partition, base sequence) of every batch in a Produce request frame
-/// and counts the batches sent more than once (retries the broker must deduplicate).
-fn note_produce_batches(frame: &[u8], sh: &ProxyShared) {
-    let mut buf = Bytes::copy_from_slice(&frame[4..]);
-    let version = i16::from_be_bytes([frame[6], frame[7]]);
-    let Ok(_) = RequestHeader::decode(&mut buf, ProduceRequest::header_version(version)) else {
-        return;
-    };
-    let Ok(req) = ProduceRequest::decode(&mut buf, version) else {
-        return;
-    };
-    let mut seen = sh.batches_seen.lock().unwrap();
-    for t in &req.topic_data {
-        for p in &t.partition_data {
-            let mut records = p.records.clone().unwrap_or_default();
-            for b in RecordBatchDecoder::decode_batch_info(&mut records).unwrap_or_default() {
-                if !seen.insert((b.producer_id, p.index, b.base_sequence)) {
-                    sh.batches_resent.fetch_add(1, Ordering::SeqCst);
+impl ProduceDrops {
+    /// Records (producer id, partition, base sequence) of every batch in a Produce request
+    /// frame and counts the batches sent more than once (retries the broker must deduplicate).
+    fn note_produce_batches(&self, frame: &[u8]) {
+        let mut buf = Bytes::copy_from_slice(&frame[4..]);
+        let version = i16::from_be_bytes([frame[6], frame[7]]);
+        let Ok(_) = RequestHeader::decode(&mut buf, ProduceRequest::header_version(version)) else {
+            return;
+        };
+        let Ok(req) = ProduceRequest::decode(&mut buf, version) else {
+            return;
+        };
+        let mut seen = self.batches_seen.lock().unwrap();
+        for t in &req.topic_data {
+            for p in &t.partition_data {
+                let mut records = p.records.clone().unwrap_or_default();
+                for b in RecordBatchDecoder::decode_batch_info(&mut records).unwrap_or_default() {
+                    if !seen.insert((b.producer_id, p.index, b.base_sequence)) {
+                        self.batches_resent.fetch_add(1, Ordering::SeqCst);
+                    }
                 }
             }
         }
     }
-}
-
-/// broker -> client: forwards responses, except that a Produce response whose index is in
-/// `drop_at` is swallowed and both connections are closed.
-fn forward_responses(
-    mut server: TcpStream,
-    mut client: TcpStream,
-    pending: Arc<Mutex<HashMap<i32, i16>>>,
-    sh: Arc<ProxyShared>,
-) {
-    while let Some(frame) = read_frame(&mut server) {
-        if frame.len() >= 8 {
-            let cid = i32::from_be_bytes(frame[4..8].try_into().unwrap());
-            let api_key = pending.lock().unwrap().remove(&cid);
-            if api_key == Some(0) {
-                let i = sh.produce_responses.fetch_add(1, Ordering::SeqCst);
-                if sh.drop_at.contains(&i) {
-                    sh.dropped.fetch_add(1, Ordering::SeqCst);
-                    break;
-                }
-            }
-        }
-        if client.write_all(&frame).is_err() {
-            break;
-        }
-    }
-    let _ = client.shutdown(Shutdown::Both);
-    let _ = server.shutdown(Shutdown::Both);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -556,7 +445,8 @@ fn producer_retries_through_a_dropping_proxy_store_each_message_once() {
     let mut rng = Rng::from_env("idem-proxy");
 
     // The broker advertises the proxy, so every client connection goes through it.
-    let (listener, proxy_addr) = Proxy::bind();
+    let listener = DroppingProxy::<ProduceDrops>::bind();
+    let proxy_addr = listener.local_addr().expect("proxy addr");
     let mut broker = Broker::start(
         "idem-proxy",
         BrokerOptions {
@@ -572,7 +462,14 @@ fn producer_retries_through_a_dropping_proxy_store_each_message_once() {
     plan.sort();
     println!("[idem-proxy] dropping Produce responses number {plan:?}");
     let upstream: SocketAddr = broker.bootstrap().parse().expect("broker address");
-    let proxy = Proxy::run(listener, upstream, drop_at);
+    let proxy = DroppingProxy::run(
+        listener,
+        upstream,
+        ProduceDrops {
+            drop_at,
+            ..Default::default()
+        },
+    );
     let boot = proxy.addr.to_string();
     create_topic(&boot, topic, PARTITIONS, &[]);
 
@@ -617,12 +514,12 @@ fn producer_retries_through_a_dropping_proxy_store_each_message_once() {
         .expect("flush: every message delivered within 60 s");
     let produced_in = t0.elapsed();
     broker.assert_running("after producing");
-    let dropped = proxy.shared.dropped.load(Ordering::SeqCst);
+    let dropped = proxy.policy.dropped.load(Ordering::SeqCst);
     let errors = reports.errors.lock().unwrap().clone();
     println!(
         "[idem-proxy] produced {N} in {produced_in:?}: {} Produce responses, {dropped} dropped, {} proxied connections, client errors {:?}",
-        proxy.shared.produce_responses.load(Ordering::SeqCst),
-        proxy.shared.connections.load(Ordering::SeqCst),
+        proxy.policy.produce_responses.load(Ordering::SeqCst),
+        proxy.connections(),
         &errors[..errors.len().min(5)]
     );
     assert!(
@@ -631,10 +528,10 @@ fn producer_retries_through_a_dropping_proxy_store_each_message_once() {
         producer.client().fatal_error(),
         reports.errors.lock().unwrap()
     );
-    let resent = proxy.shared.batches_resent.load(Ordering::SeqCst);
+    let resent = proxy.policy.batches_resent.load(Ordering::SeqCst);
     println!(
         "[idem-proxy] {} distinct batches forwarded, {resent} of them forwarded again",
-        proxy.shared.batches_seen.lock().unwrap().len()
+        proxy.policy.batches_seen.lock().unwrap().len()
     );
     assert!(
         resent > 0,

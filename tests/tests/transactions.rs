@@ -39,7 +39,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{client_config, create_topic, Broker, BrokerOptions, KafkaConn, Rng};
+use common::{
+    client_config, create_topic, Broker, BrokerOptions, DroppingProxy, KafkaConn, ProxyPolicy, Rng,
+};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::{
@@ -607,156 +609,35 @@ fn transaction_timeout_aborts_and_fences() {
 // ---------------------------------------------------------------------------------------
 // 3. Lost responses of the transaction APIs
 
-/// A TCP proxy (std threads, 127.0.0.1) that, for responses of the listed API keys, at seeded
-/// random moments swallows the response and closes both connections (up to `max_drops`).
-struct DropProxy {
-    addr: std::net::SocketAddr,
-    shared: Arc<DropShared>,
-    accept_thread: Option<std::thread::JoinHandle<()>>,
-}
-
-struct DropShared {
+/// A proxy policy that, for responses of the listed API keys, at seeded random moments
+/// swallows the response (the proxy then closes both connections), up to `max_drops` times.
+struct TxnDrops {
     api_keys: Vec<i16>,
     one_in: u64,
     max_drops: usize,
     rng: Mutex<Rng>,
     /// API keys of the responses dropped so far.
     dropped: Mutex<Vec<i16>>,
-    stop: AtomicBool,
 }
 
-impl DropProxy {
-    fn bind() -> std::net::TcpListener {
-        std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy")
-    }
-
-    fn run(
-        listener: std::net::TcpListener,
-        upstream: std::net::SocketAddr,
-        api_keys: Vec<i16>,
-        one_in: u64,
-        max_drops: usize,
-        rng: Rng,
-    ) -> DropProxy {
-        let addr = listener.local_addr().expect("proxy addr");
-        let shared = Arc::new(DropShared {
-            api_keys,
-            one_in,
-            max_drops,
-            rng: Mutex::new(rng),
-            dropped: Mutex::default(),
-            stop: AtomicBool::new(false),
-        });
-        let sh = shared.clone();
-        let accept_thread = std::thread::spawn(move || {
-            for client in listener.incoming() {
-                if sh.stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(client) = client else { continue };
-                let Ok(server) =
-                    std::net::TcpStream::connect_timeout(&upstream, Duration::from_secs(5))
-                else {
-                    let _ = client.shutdown(std::net::Shutdown::Both);
-                    continue;
-                };
-                let _ = client.set_nodelay(true);
-                let _ = server.set_nodelay(true);
-                let pending: Arc<Mutex<HashMap<i32, i16>>> = Arc::default();
-                let (c2, s2) = (
-                    client.try_clone().expect("clone"),
-                    server.try_clone().expect("clone"),
-                );
-                let p2 = pending.clone();
-                std::thread::spawn(move || proxy_requests(client, server, p2));
-                let sh2 = sh.clone();
-                std::thread::spawn(move || proxy_responses(s2, c2, pending, sh2));
-            }
-        });
-        DropProxy {
-            addr,
-            shared,
-            accept_thread: Some(accept_thread),
+impl ProxyPolicy for TxnDrops {
+    fn drop_response(&self, api_key: i16) -> bool {
+        if !self.api_keys.contains(&api_key) {
+            return false;
         }
+        let mut dropped = self.dropped.lock().unwrap();
+        if dropped.len() < self.max_drops && self.rng.lock().unwrap().one_in(self.one_in) {
+            dropped.push(api_key);
+            return true;
+        }
+        false
     }
+}
 
+impl TxnDrops {
     fn dropped(&self) -> Vec<i16> {
-        self.shared.dropped.lock().unwrap().clone()
+        self.dropped.lock().unwrap().clone()
     }
-}
-
-impl Drop for DropProxy {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        let _ = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(t) = self.accept_thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Reads one `[i32 length][body]` frame (length included); `None` on EOF or any error.
-fn read_frame(s: &mut std::net::TcpStream) -> Option<Vec<u8>> {
-    use std::io::Read;
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).ok()?;
-    let n = i32::from_be_bytes(len);
-    if !(0..=64 << 20).contains(&n) {
-        return None;
-    }
-    let mut frame = vec![0u8; 4 + n as usize];
-    frame[..4].copy_from_slice(&len);
-    s.read_exact(&mut frame[4..]).ok()?;
-    Some(frame)
-}
-
-/// client -> broker: notes (correlation id -> api key) of each request and forwards it.
-fn proxy_requests(
-    mut client: std::net::TcpStream,
-    mut server: std::net::TcpStream,
-    pending: Arc<Mutex<HashMap<i32, i16>>>,
-) {
-    use std::io::Write;
-    while let Some(frame) = read_frame(&mut client) {
-        if frame.len() >= 12 {
-            let api_key = i16::from_be_bytes([frame[4], frame[5]]);
-            let cid = i32::from_be_bytes(frame[8..12].try_into().unwrap());
-            pending.lock().unwrap().insert(cid, api_key);
-        }
-        if server.write_all(&frame).is_err() {
-            break;
-        }
-    }
-    let _ = client.shutdown(std::net::Shutdown::Both);
-    let _ = server.shutdown(std::net::Shutdown::Both);
-}
-
-/// broker -> client: forwards responses, or swallows one and closes both connections.
-fn proxy_responses(
-    mut server: std::net::TcpStream,
-    mut client: std::net::TcpStream,
-    pending: Arc<Mutex<HashMap<i32, i16>>>,
-    sh: Arc<DropShared>,
-) {
-    use std::io::Write;
-    while let Some(frame) = read_frame(&mut server) {
-        if frame.len() >= 8 {
-            let cid = i32::from_be_bytes(frame[4..8].try_into().unwrap());
-            let api_key = pending.lock().unwrap().remove(&cid);
-            if let Some(k) = api_key.filter(|k| sh.api_keys.contains(k)) {
-                let mut dropped = sh.dropped.lock().unwrap();
-                if dropped.len() < sh.max_drops && sh.rng.lock().unwrap().one_in(sh.one_in) {
-                    dropped.push(k);
-                    break;
-                }
-            }
-        }
-        if client.write_all(&frame).is_err() {
-            break;
-        }
-    }
-    let _ = client.shutdown(std::net::Shutdown::Both);
-    let _ = server.shutdown(std::net::Shutdown::Both);
 }
 
 #[test]
@@ -770,7 +651,7 @@ fn transactions_survive_lost_responses() {
     let topic = "txn-lossy";
     let group = "txn-lossy-group";
     let rng = Rng::from_env("txn-lossy");
-    let listener = DropProxy::bind();
+    let listener = DroppingProxy::<TxnDrops>::bind();
     let proxy_addr = listener.local_addr().expect("proxy addr");
     let mut broker = Broker::start(
         "txn-lossy",
@@ -780,7 +661,17 @@ fn transactions_survive_lost_responses() {
         },
     );
     let upstream = broker.bootstrap().parse().expect("broker address");
-    let proxy = DropProxy::run(listener, upstream, KEYS.to_vec(), 5, 30, rng);
+    let proxy = DroppingProxy::run(
+        listener,
+        upstream,
+        TxnDrops {
+            api_keys: KEYS.to_vec(),
+            one_in: 5,
+            max_drops: 30,
+            rng: Mutex::new(rng),
+            dropped: Mutex::default(),
+        },
+    );
     let boot = proxy.addr.to_string();
     create_topic(&boot, topic, PARTITIONS, &[]);
     // Only for its group metadata: the offsets committed are made up (partition 0 of the
@@ -848,12 +739,12 @@ fn transactions_survive_lost_responses() {
                 Err(e) => panic!(
                     "transaction {t} attempt {attempt}: {e} (fatal error {:?}); responses dropped so far: {:?}",
                     producer.client().fatal_error(),
-                    proxy.dropped()
+                    proxy.policy.dropped()
                 ),
             }
         }
     }
-    let dropped = proxy.dropped();
+    let dropped = proxy.policy.dropped();
     println!(
         "[txn-lossy] {TXNS} transactions in {:?}; {} responses dropped (api keys {dropped:?}); {aborted_by_error} abortable errors",
         t0.elapsed(),

@@ -770,3 +770,151 @@ pub fn crc32c_castagnoli(data: &[u8]) -> u32 {
     }
     !crc
 }
+
+// ---------------------------------------------------------------------------------------
+// A TCP proxy that loses responses
+
+/// What a [`DroppingProxy`] does with the traffic it relays.
+pub trait ProxyPolicy: Send + Sync + 'static {
+    /// Sees every request frame (length prefix included) before it is forwarded.
+    fn on_request(&self, _frame: &[u8]) {}
+    /// Whether to swallow the response to a request with `api_key`; the proxy then closes
+    /// both connections, as a network failure would, so the client must retry.
+    fn drop_response(&self, api_key: i16) -> bool;
+}
+
+/// A TCP proxy on 127.0.0.1 (std threads) between Kafka clients and a broker, which drops
+/// responses as its [`ProxyPolicy`] decides. Start the broker with `--advertise` set to the
+/// proxy's address so that every client connection goes through it.
+pub struct DroppingProxy<P: ProxyPolicy> {
+    pub addr: std::net::SocketAddr,
+    pub policy: std::sync::Arc<P>,
+    connections: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accept_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<P: ProxyPolicy> DroppingProxy<P> {
+    /// A listener on a free port; start the broker advertising its address, then `run`.
+    pub fn bind() -> TcpListener {
+        TcpListener::bind("127.0.0.1:0").expect("bind proxy")
+    }
+
+    pub fn run(listener: TcpListener, upstream: std::net::SocketAddr, policy: P) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::{Arc, Mutex};
+        let addr = listener.local_addr().expect("proxy addr");
+        let policy = Arc::new(policy);
+        let connections = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (pol, conns, halt) = (policy.clone(), connections.clone(), stop.clone());
+        let accept_thread = std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if halt.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect_timeout(&upstream, Duration::from_secs(5))
+                else {
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                };
+                conns.fetch_add(1, Ordering::SeqCst);
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                // correlation id -> api key of requests awaiting their response
+                let pending: Arc<Mutex<HashMap<i32, i16>>> = Arc::default();
+                let (c2, s2) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                let (p1, pol1) = (pending.clone(), pol.clone());
+                std::thread::spawn(move || proxy_requests(client, server, p1, pol1));
+                let pol2 = pol.clone();
+                std::thread::spawn(move || proxy_responses(s2, c2, pending, pol2));
+            }
+        });
+        DroppingProxy {
+            addr,
+            policy,
+            connections,
+            stop,
+            accept_thread: Some(accept_thread),
+        }
+    }
+
+    /// Client connections relayed so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl<P: ProxyPolicy> Drop for DroppingProxy<P> {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the accept loop; existing connections end when their peers close.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(t) = self.accept_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads one `[i32 length][body]` frame (length included); `None` on EOF or any error.
+fn proxy_read_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let n = i32::from_be_bytes(len);
+    if !(0..=64 << 20).contains(&n) {
+        return None;
+    }
+    let mut frame = vec![0u8; 4 + n as usize];
+    frame[..4].copy_from_slice(&len);
+    s.read_exact(&mut frame[4..]).ok()?;
+    Some(frame)
+}
+
+/// client -> broker: notes each request's (correlation id -> api key), then forwards it.
+fn proxy_requests<P: ProxyPolicy>(
+    mut client: TcpStream,
+    mut server: TcpStream,
+    pending: std::sync::Arc<std::sync::Mutex<HashMap<i32, i16>>>,
+    policy: std::sync::Arc<P>,
+) {
+    while let Some(frame) = proxy_read_frame(&mut client) {
+        if frame.len() >= 12 {
+            let api_key = i16::from_be_bytes([frame[4], frame[5]]);
+            let cid = i32::from_be_bytes([frame[8], frame[9], frame[10], frame[11]]);
+            pending.lock().unwrap().insert(cid, api_key);
+            policy.on_request(&frame);
+        }
+        if server.write_all(&frame).is_err() {
+            break;
+        }
+    }
+    let _ = client.shutdown(std::net::Shutdown::Both);
+    let _ = server.shutdown(std::net::Shutdown::Both);
+}
+
+/// broker -> client: forwards responses, or swallows one and closes both connections.
+fn proxy_responses<P: ProxyPolicy>(
+    mut server: TcpStream,
+    mut client: TcpStream,
+    pending: std::sync::Arc<std::sync::Mutex<HashMap<i32, i16>>>,
+    policy: std::sync::Arc<P>,
+) {
+    while let Some(frame) = proxy_read_frame(&mut server) {
+        if frame.len() >= 8 {
+            let cid = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+            let api_key = pending.lock().unwrap().remove(&cid);
+            if api_key.is_some_and(|k| policy.drop_response(k)) {
+                break;
+            }
+        }
+        if client.write_all(&frame).is_err() {
+            break;
+        }
+    }
+    let _ = client.shutdown(std::net::Shutdown::Both);
+    let _ = server.shutdown(std::net::Shutdown::Both);
+}
