@@ -506,7 +506,11 @@ impl Partition {
                 hw = hw.min(first);
             }
         }
-        let data = Self::read_locked(&state, offset, hw, max_bytes)
+        // Offsets at or past `hw` but within the log (written, not yet durable or stable) read
+        // as empty; offsets outside the log are OFFSET_OUT_OF_RANGE.
+        let data = state
+            .log
+            .read(offset, hw, max_bytes)
             .map_err(|e| BrokerError::Log(self.name(), e))?;
         let aborted = if read_committed && !data.is_empty() {
             let end = Self::end_of(&data).unwrap_or(offset);
@@ -524,20 +528,6 @@ impl Partition {
             .last()
             .and_then(|b| BatchHeader::parse(b).ok())
             .map(|h| h.last_offset() + 1)
-    }
-
-    fn read_locked(
-        state: &PartitionState,
-        offset: i64,
-        hw: i64,
-        max_bytes: usize,
-    ) -> Result<Vec<u8>, LogError> {
-        let leo = state.log.log_end_offset();
-        if offset >= hw && offset <= leo && offset >= state.log.log_start_offset() {
-            // Written but not yet durable or stable (or nothing new): nothing to return yet.
-            return Ok(Vec::new());
-        }
-        state.log.read(offset, hw, max_bytes)
     }
 
     /// Writes a transaction marker (commit or abort) for `producer_id` into this partition.
