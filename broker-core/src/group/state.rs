@@ -16,7 +16,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 
-/// Identifies a parked JoinGroup or SyncGroup request.
+/// Identifies a parked JoinGroup or SyncGroup request. The caller keeps tokens unique across
+/// all parked requests, joins and syncs alike (the coordinator draws them from one counter).
 pub type Token = u64;
 
 /// Kafka error codes used by the coordinator.
@@ -457,6 +458,27 @@ impl Group {
     }
 }
 
+impl Delivery {
+    fn token(&self) -> Token {
+        match self {
+            Delivery::Join(t, _) | Delivery::Sync(t, _) => *t,
+        }
+    }
+}
+
+/// If the call that parked `token` also completed it, takes that answer out of `out` and
+/// returns it directly; otherwise the request stays parked.
+fn take_own_answer<T>(
+    out: &mut Vec<Delivery>,
+    token: Token,
+    unwrap: impl Fn(Delivery) -> Option<T>,
+) -> Answer<T> {
+    match out.iter().position(|d| d.token() == token) {
+        Some(pos) => unwrap(out.remove(pos)).map_or(Answer::Parked, Answer::Now),
+        None => Answer::Parked,
+    }
+}
+
 /// A small, dependency-free mix to make member ids hard to guess by accident.
 fn rand_suffix(n: u64) -> u32 {
     let t = std::time::SystemTime::now()
@@ -677,16 +699,11 @@ impl Groups {
             m.awaiting_join = Some(token);
         }
         group.try_complete_join(now, &mut out);
-        // If completing answered our own token, hand it back directly.
-        if let Some(pos) = out
-            .iter()
-            .position(|d| matches!(d, Delivery::Join(t, _) if *t == token))
-        {
-            if let Delivery::Join(_, r) = out.remove(pos) {
-                return (Answer::Now(r), out);
-            }
-        }
-        (Answer::Parked, out)
+        let answer = take_own_answer(&mut out, token, |d| match d {
+            Delivery::Join(_, r) => Some(r),
+            Delivery::Sync(..) => None,
+        });
+        (answer, out)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -758,15 +775,11 @@ impl Groups {
                         }
                     }
                 }
-                if let Some(pos) = out
-                    .iter()
-                    .position(|d| matches!(d, Delivery::Sync(t, _) if *t == token))
-                {
-                    if let Delivery::Sync(_, r) = out.remove(pos) {
-                        return (Answer::Now(r), out);
-                    }
-                }
-                (Answer::Parked, out)
+                let answer = take_own_answer(&mut out, token, |d| match d {
+                    Delivery::Sync(_, r) => Some(r),
+                    Delivery::Join(..) => None,
+                });
+                (answer, out)
             }
         }
     }
