@@ -412,6 +412,49 @@ pub fn control_type(batch: &[u8]) -> Option<ControlType> {
     }
 }
 
+/// Builds a valid, uncompressed, non-idempotent batch of `(key, value)` records with timestamps
+/// `base_ts + i` (base offset 0: the log assigns it). For the demo and tests.
+pub fn build_uncompressed(records: &[(Option<&[u8]>, &[u8])], base_ts: i64) -> Vec<u8> {
+    let mut encoded = Vec::new();
+    for (i, (key, value)) in records.iter().enumerate() {
+        let mut r = Vec::with_capacity(16 + value.len() + key.map_or(0, <[u8]>::len));
+        r.push(0); // attributes
+        put_varint(&mut r, i as i64); // timestamp delta
+        put_varint(&mut r, i as i64); // offset delta
+        match key {
+            Some(k) => {
+                put_varint(&mut r, k.len() as i64);
+                r.extend_from_slice(k);
+            }
+            None => put_varint(&mut r, -1),
+        }
+        put_varint(&mut r, value.len() as i64);
+        r.extend_from_slice(value);
+        put_varint(&mut r, 0); // no headers
+        put_varint(&mut encoded, r.len() as i64);
+        encoded.extend_from_slice(&r);
+    }
+    let n = records.len() as i32;
+    assemble(
+        &BatchHeader {
+            base_offset: 0,
+            batch_length: 0,
+            partition_leader_epoch: -1,
+            magic: 2,
+            crc: 0,
+            attributes: 0,
+            last_offset_delta: n - 1,
+            base_timestamp: base_ts,
+            max_timestamp: base_ts + n as i64 - 1,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+            records_count: n,
+        },
+        &encoded,
+    )
+}
+
 #[cfg(test)]
 pub(crate) mod test_batches {
     //! Hand-built batches for unit tests (uncompressed records, valid CRC).
@@ -419,38 +462,8 @@ pub(crate) mod test_batches {
 
     /// A valid batch of `values.len()` uncompressed records with timestamps `base_ts + i`.
     pub fn build(values: &[&[u8]], base_ts: i64) -> Vec<u8> {
-        let mut records = Vec::new();
-        for (i, v) in values.iter().enumerate() {
-            let mut r = Vec::new();
-            r.push(0); // attributes
-            put_varint(&mut r, i as i64); // timestamp delta
-            put_varint(&mut r, i as i64); // offset delta
-            put_varint(&mut r, -1); // null key
-            put_varint(&mut r, v.len() as i64);
-            r.extend_from_slice(v);
-            put_varint(&mut r, 0); // no headers
-            put_varint(&mut records, r.len() as i64);
-            records.extend_from_slice(&r);
-        }
-        let n = values.len() as i32;
-        assemble(
-            &BatchHeader {
-                base_offset: 0,
-                batch_length: 0,
-                partition_leader_epoch: -1,
-                magic: 2,
-                crc: 0,
-                attributes: 0,
-                last_offset_delta: n - 1,
-                base_timestamp: base_ts,
-                max_timestamp: base_ts + n as i64 - 1,
-                producer_id: -1,
-                producer_epoch: -1,
-                base_sequence: -1,
-                records_count: n,
-            },
-            &records,
-        )
+        let records: Vec<(Option<&[u8]>, &[u8])> = values.iter().map(|v| (None, *v)).collect();
+        build_uncompressed(&records, base_ts)
     }
 }
 

@@ -109,6 +109,10 @@ pub enum BrokerError {
     InvalidProducerEpoch { current: i16, got: i16 },
     #[error("partition is offline after a storage failure: {0}")]
     StorageFailed(String),
+    #[error("topic `{topic}` is a mirror topic of link `{link}`: it is read-only (records arrive from the source cluster) until it is promoted")]
+    MirrorTopicReadOnly { topic: String, link: String },
+    #[error("topic `{0}` is not a mirror topic")]
+    NotAMirror(String),
 }
 
 impl BrokerError {
@@ -163,6 +167,18 @@ pub struct AppendOutcome {
     pub log_append_time_ms: i64,
     pub log_start_offset: i64,
     pub duplicate: bool,
+}
+
+/// What a mirrored append did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MirrorAppend {
+    pub appended_batches: usize,
+    /// Batches already present (resent after a reconnect) and skipped.
+    pub skipped_batches: usize,
+    pub appended_bytes: u64,
+    pub appended_records: i64,
+    /// The log end offset afterwards.
+    pub end_offset: i64,
 }
 
 /// Offsets of a partition as ListOffsets/Fetch report them.
@@ -409,6 +425,93 @@ impl Partition {
             self.advance_high_watermark(outcome.end_offset, notify);
         }
         Ok(outcome)
+    }
+
+    /// Mirror path: appends record batches copied from a source partition at their own (source)
+    /// offsets, bytes unchanged. Each batch's CRC is checked again; batches wholly below the log
+    /// end are already here (a resend after a reconnect) and are skipped; a batch that does not
+    /// continue the log is an error (the caller resets or resubscribes). Producer state (for
+    /// idempotence, the last stable offset and aborted transactions) follows the batches, so
+    /// read_committed consumers of the mirror see what they would see on the source. Returns the
+    /// log end offset afterwards; durability is the caller's: `wait_durable(end)`.
+    pub fn append_mirrored(
+        &self,
+        batches: &[u8],
+        fsync: FsyncPolicy,
+        notify: &Notify,
+    ) -> Result<MirrorAppend, BrokerError> {
+        self.check_online()?;
+        let now = now_ms();
+        let mut state = self.lock();
+        let mut result = MirrorAppend {
+            end_offset: state.log.log_end_offset(),
+            ..MirrorAppend::default()
+        };
+        for batch in batch::Batches::new(batches) {
+            let batch = batch?;
+            let header = batch::validate(batch)?;
+            let end = state.log.log_end_offset();
+            if header.last_offset() < end {
+                result.skipped_batches += 1;
+                continue;
+            }
+            if header.base_offset != end {
+                return Err(BrokerError::Log(
+                    self.name(),
+                    LogError::NonContiguous {
+                        expected: end,
+                        got: header.base_offset,
+                    },
+                ));
+            }
+            if let Err(e) = state.log.append_at_offset(batch, now) {
+                drop(state);
+                let reason = format!("mirrored append failed: {e}");
+                self.fail(reason.clone());
+                return Err(BrokerError::StorageFailed(reason));
+            }
+            if header.is_control() {
+                if let Some(kind) = batch::control_type(batch) {
+                    state.producers.record_marker(&header, kind);
+                }
+            } else {
+                state.producers.record(&header);
+            }
+            result.appended_batches += 1;
+            result.appended_bytes += batch.len() as u64;
+            result.appended_records += i64::from(header.last_offset_delta) + 1;
+            result.end_offset = header.last_offset() + 1;
+        }
+        drop(state);
+        if !fsync.syncs() && result.appended_batches > 0 {
+            self.advance_high_watermark(result.end_offset, notify);
+        }
+        Ok(result)
+    }
+
+    /// Mirror path: the source's log start moved past this partition's log end (retention on
+    /// the source deleted records never copied), so the log restarts, empty, at `offset`.
+    pub fn reset_for_mirror(&self, offset: i64, notify: &Notify) -> Result<(), BrokerError> {
+        self.check_online()?;
+        let mut state = self.lock();
+        state
+            .log
+            .reset_to(offset)
+            .map_err(|e| BrokerError::Log(self.name(), e))?;
+        state.producers = ProducerStateTable::default();
+        if let Ok(entries) = fs::read_dir(state.log.dir()) {
+            for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+                if path.extension().is_some_and(|x| x == "snapshot") {
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
+        drop(state);
+        *self.last_snapshot.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.high_watermark.store(offset, Ordering::Release);
+        self.hw_tx.send_replace(offset);
+        notify.notify_waiters();
+        Ok(())
     }
 
     /// Waits until every offset below `end_offset` is durable (and visible to consumers).
@@ -717,9 +820,31 @@ pub struct Topic {
     dir: PathBuf,
     config: RwLock<TopicConfig>,
     partitions: RwLock<Vec<Arc<Partition>>>,
+    /// The link that mirrors this topic from a source cluster, if any: a mirror topic takes
+    /// records only from that link (at the source's offsets), never from producers.
+    mirror_link: RwLock<Option<String>>,
 }
 
 impl Topic {
+    /// The link mirroring this topic, if it is a mirror topic.
+    pub fn mirror_link(&self) -> Option<String> {
+        self.mirror_link
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Errors if producers may not write to this topic (it is a mirror topic).
+    pub fn check_writable(&self) -> Result<(), BrokerError> {
+        match self.mirror_link() {
+            Some(link) => Err(BrokerError::MirrorTopicReadOnly {
+                topic: self.name.clone(),
+                link,
+            }),
+            None => Ok(()),
+        }
+    }
+
     pub fn config(&self) -> TopicConfig {
         self.config
             .read()
@@ -755,6 +880,9 @@ impl Topic {
             self.id,
             self.partition_count()
         );
+        if let Some(link) = self.mirror_link() {
+            out.push_str(&format!("mirror.link={link}\n"));
+        }
         for (k, v) in self.config().overrides() {
             out.push_str(&format!("config.{k}={v}\n"));
         }
@@ -978,9 +1106,11 @@ impl Broker {
             let mut id = None;
             let mut count = None;
             let mut config = TopicConfig::default();
+            let mut mirror_link = None;
             for (k, v) in &props {
                 match k.as_str() {
                     "name" => name = Some(v.clone()),
+                    "mirror.link" => mirror_link = Some(v.clone()),
                     "topic.id" => id = Uuid::parse_str(v).ok(),
                     "partitions" => count = v.parse::<i32>().ok(),
                     _ => {
@@ -1010,6 +1140,7 @@ impl Broker {
                     dir,
                     config: RwLock::new(config),
                     partitions: RwLock::new(partitions),
+                    mirror_link: RwLock::new(mirror_link),
                 }),
             );
         }
@@ -1059,6 +1190,37 @@ impl Broker {
 
     /// Creates a topic: directories, partition logs, then the metadata file (the commit point).
     pub fn create_topic(&self, t: NewTopic) -> Result<Arc<Topic>, BrokerError> {
+        self.create_topic_inner(t, None)
+    }
+
+    /// Creates a mirror topic of `link`: read-only to producers, filled by the link.
+    pub fn create_mirror_topic(&self, t: NewTopic, link: &str) -> Result<Arc<Topic>, BrokerError> {
+        self.create_topic_inner(t, Some(link))
+    }
+
+    /// Makes a mirror topic an ordinary, writable topic (the link stops feeding it) or, with
+    /// `Some(link)`, marks a topic as a mirror of `link`. Persisted before it returns.
+    pub fn set_mirror_link(&self, name: &str, link: Option<&str>) -> Result<(), BrokerError> {
+        let _admin = self.admin_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let topic = self
+            .topic(name)
+            .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
+        let previous = std::mem::replace(
+            &mut *topic.mirror_link.write().unwrap_or_else(|p| p.into_inner()),
+            link.map(str::to_string),
+        );
+        if let Err(e) = topic.persist() {
+            *topic.mirror_link.write().unwrap_or_else(|p| p.into_inner()) = previous;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn create_topic_inner(
+        &self,
+        t: NewTopic,
+        mirror_link: Option<&str>,
+    ) -> Result<Arc<Topic>, BrokerError> {
         let _admin = self.admin_lock.lock().unwrap_or_else(|p| p.into_inner());
         self.validate_new_topic(&t)?;
         let dir = self.topics_dir().join(&t.name);
@@ -1079,6 +1241,7 @@ impl Broker {
                 dir: dir.clone(),
                 config: RwLock::new(t.config.clone()),
                 partitions: RwLock::new(partitions),
+                mirror_link: RwLock::new(mirror_link.map(str::to_string)),
             });
             topic.persist()?;
             sync_dir(&self.topics_dir()).map_err(BrokerError::io("syncing topics dir"))?;
@@ -1462,5 +1625,101 @@ mod tests {
             Broker::open(BrokerConfig::new(dir.path().into(), "h".into(), 1)),
             Err(BrokerError::DataDir(..))
         ));
+    }
+
+    #[tokio::test]
+    async fn mirrored_batches_keep_offsets_skip_resends_and_follow_transactions() {
+        let src_dir = tempfile::tempdir().unwrap();
+        let dst_dir = tempfile::tempdir().unwrap();
+        let cfg = TopicConfig::default();
+        let src = open(src_dir.path());
+        let dst = open(dst_dir.path());
+        let new = || NewTopic {
+            name: "m".into(),
+            partitions: 1,
+            config: cfg.clone(),
+        };
+        src.create_topic(new()).unwrap();
+        dst.create_mirror_topic(new(), "east-west").unwrap();
+        let sp = src.partition("m", 0).unwrap();
+        for i in 0..10 {
+            let v = format!("v{i}");
+            sp.append_produced(
+                build(&[v.as_bytes()], i),
+                &cfg,
+                FsyncPolicy::Never,
+                &src.data_arrived,
+            )
+            .unwrap();
+        }
+        // An open transaction at the end of the source log.
+        let mut h = BatchHeader::parse(&idempotent_batch(9, 0)).unwrap();
+        h.attributes |= 0x10; // transactional
+        let txn = batch::assemble(&h, &idempotent_batch(9, 0)[batch::HEADER_LEN..]);
+        sp.append_produced(txn, &cfg, FsyncPolicy::Never, &src.data_arrived)
+            .unwrap();
+        let (bytes, _) = sp.read(0, 1 << 20, false).unwrap();
+        let dp = dst.partition("m", 0).unwrap();
+        let first = dp
+            .append_mirrored(&bytes, FsyncPolicy::Never, &dst.data_arrived)
+            .unwrap();
+        assert_eq!(first.appended_batches, 11);
+        assert_eq!(first.end_offset, 11);
+        let (copied, _) = dp.read(0, 1 << 20, false).unwrap();
+        assert_eq!(copied, bytes, "the mirror stores the source's bytes");
+        // Resending everything (a reconnect) appends nothing.
+        let again = dp
+            .append_mirrored(&bytes, FsyncPolicy::Never, &dst.data_arrived)
+            .unwrap();
+        assert_eq!((again.appended_batches, again.skipped_batches), (0, 11));
+        // The open transaction holds the last stable offset on the mirror as on the source.
+        assert_eq!(dp.offsets().last_stable_offset, 10);
+        assert_eq!(sp.offsets().last_stable_offset, 10);
+        // A gap is refused.
+        let (tail, _) = sp.read(5, 1 << 20, false).unwrap();
+        let fresh = tempfile::tempdir().unwrap();
+        let other = open(fresh.path());
+        other.create_mirror_topic(new(), "x").unwrap();
+        let op = other.partition("m", 0).unwrap();
+        assert!(op
+            .append_mirrored(&tail, FsyncPolicy::Never, &other.data_arrived)
+            .is_err());
+        // ... unless the log restarts at the source's start (retention there).
+        op.reset_for_mirror(5, &other.data_arrived).unwrap();
+        op.append_mirrored(&tail, FsyncPolicy::Never, &other.data_arrived)
+            .unwrap();
+        assert_eq!(op.offsets().log_start_offset, 5);
+        assert_eq!(op.offsets().log_end_offset, 11);
+    }
+
+    #[tokio::test]
+    async fn mirror_topics_are_read_only_until_promoted_and_remember_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = TopicConfig::default();
+        {
+            let b = open(dir.path());
+            let t = b
+                .create_mirror_topic(
+                    NewTopic {
+                        name: "m".into(),
+                        partitions: 2,
+                        config: cfg.clone(),
+                    },
+                    "east-west",
+                )
+                .unwrap();
+            let err = t.check_writable().unwrap_err();
+            assert!(err.to_string().contains("east-west"), "{err}");
+            b.shutdown().unwrap();
+        }
+        let b = open(dir.path());
+        let t = b.topic("m").unwrap();
+        assert_eq!(t.mirror_link().as_deref(), Some("east-west"));
+        b.set_mirror_link("m", None).unwrap();
+        assert!(t.check_writable().is_ok());
+        b.shutdown().unwrap();
+        drop((t, b));
+        let b = open(dir.path());
+        assert!(b.topic("m").unwrap().mirror_link().is_none());
     }
 }

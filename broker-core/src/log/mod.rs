@@ -267,6 +267,43 @@ impl PartitionLog {
         self.write_batch(batch, &header, now_ms)
     }
 
+    /// Mirror path: discards every record and restarts the log, empty, at `offset` (at or past
+    /// the log end). Used when the source's log start moved past this log's end (retention on
+    /// the source), so the records in between exist nowhere any more.
+    ///
+    /// Crash safety: the new log start is checkpointed first, then the old segments are deleted
+    /// oldest first, then the new segment is created. Recovery from any point yields either a
+    /// contiguous prefix of the old log (and the mirror repeats the reset) or the empty log at
+    /// `offset` (recovery creates the missing segment at the checkpointed start).
+    pub fn reset_to(&mut self, offset: i64) -> Result<(), LogError> {
+        let end = self.log_end_offset();
+        if offset < end {
+            return Err(LogError::NonContiguous {
+                expected: end,
+                got: offset,
+            });
+        }
+        if offset == end {
+            self.delete_records_before(offset)?;
+            return Ok(());
+        }
+        self.set_log_start(offset)?;
+        let dir = self.dir.clone();
+        // Closed segments first (oldest first), then the active one; the in-memory list keeps
+        // the active segment until the new one exists, so it is never empty.
+        let closed = self.segments.len() - 1;
+        self.delete_oldest(closed)?;
+        self.active().delete_files(&dir)?;
+        files::sync_dir(&dir)?;
+        let file = recovery::create_segment_file(&dir, offset)?;
+        files::sync_dir(&dir)?;
+        self.segments.clear();
+        self.segments.push(Segment::new_empty(&dir, offset));
+        self.active_file = Arc::new(file);
+        tracing::info!(dir = %dir.display(), log_start_offset = offset, "log reset to follow the source's log start");
+        Ok(())
+    }
+
     fn write_batch(
         &mut self,
         bytes: &[u8],

@@ -867,3 +867,66 @@ fn random_damage_never_panics_and_leaves_a_valid_log() {
         }
     }
 }
+
+#[test]
+fn mirror_appends_keep_source_offsets_and_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(dir.path(), config(400));
+    // A source log's batches, stored at offsets 0.., copied as they are.
+    let src_dir = tempfile::tempdir().unwrap();
+    let (mut src, _) = open(src_dir.path(), config(400));
+    let batches = fill(&mut src, 20, |i| 5_000 + i as i64);
+    for (_, _, bytes) in &batches {
+        log.append_at_offset(bytes, 1_000).unwrap();
+    }
+    assert_eq!(read_all(&log), read_all(&src));
+    // A batch that does not continue the log is refused and changes nothing.
+    let (base, _, bytes) = &batches[3];
+    let err = log.append_at_offset(bytes, 1_000).unwrap_err();
+    assert!(
+        matches!(err, LogError::NonContiguous { got, .. } if got == *base),
+        "{err}"
+    );
+    assert_eq!(log.log_end_offset(), src.log_end_offset());
+}
+
+#[test]
+fn reset_to_restarts_an_empty_log_at_the_source_start_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(dir.path(), config(300));
+    fill(&mut log, 12, |i| i as i64);
+    let end = log.log_end_offset();
+    assert!(
+        log.reset_to(end - 1).is_err(),
+        "reset below the log end must be refused"
+    );
+    log.reset_to(end + 1_000).unwrap();
+    assert_eq!(log.log_start_offset(), end + 1_000);
+    assert_eq!(log.log_end_offset(), end + 1_000);
+    assert_eq!(segment_files(dir.path()).len(), 1);
+    // A batch of the source at that offset continues the reset log.
+    let mut raw = build(&[b"after".as_slice()], 7);
+    stamp_offset_and_epoch(&mut raw, end + 1_000, EPOCH);
+    log.append_at_offset(&raw, 1_000).unwrap();
+    drop(log);
+    let (log, _) = open(dir.path(), config(300));
+    assert_eq!(log.log_start_offset(), end + 1_000);
+    assert_eq!(log.log_end_offset(), end + 1_001);
+    assert_eq!(read_all(&log), raw);
+}
+
+#[test]
+fn reset_interrupted_after_the_checkpoint_recovers_to_a_consistent_log() {
+    // Simulates a crash after the new log start was checkpointed but before the segments were
+    // deleted: recovery clamps the start to the old end and the log stays usable.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(dir.path(), config(300));
+    fill(&mut log, 5, |i| i as i64);
+    let end = log.log_end_offset();
+    drop(log);
+    checkpoint::write(dir.path(), end + 50).unwrap();
+    let (mut log, _) = open(dir.path(), config(300));
+    assert!(log.log_start_offset() <= log.log_end_offset());
+    log.reset_to(end + 50).unwrap();
+    assert_eq!(log.log_end_offset(), end + 50);
+}

@@ -335,6 +335,8 @@ pub(crate) fn error_code(e: &BrokerError) -> i16 {
         B::InvalidBatch(_) => ResponseError::CorruptMessage,
         B::BatchTooLarge { .. } => ResponseError::MessageTooLarge,
         B::ControlBatchFromClient => ResponseError::InvalidRecord,
+        B::MirrorTopicReadOnly { .. } => ResponseError::PolicyViolation,
+        B::NotAMirror(_) => ResponseError::InvalidRequest,
         B::Transaction(code) => return *code,
         B::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
         B::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,

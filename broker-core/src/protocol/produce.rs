@@ -29,6 +29,7 @@ fn append_one(
         .broker
         .topic(topic)
         .ok_or_else(|| BrokerError::UnknownTopic(topic.to_string()))?;
+    t.check_writable()?;
     let partition = t
         .partition(index)
         .ok_or_else(|| BrokerError::UnknownPartition(topic.to_string(), index))?;
