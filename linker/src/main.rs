@@ -1,6 +1,16 @@
-//! The `strait` command: runs a broker, and inspects its data.
+//! The `strait` command: runs a broker (with its link agent and admin API), drives links and
+//! mirrors through the admin API, makes test certificates, runs the two-region demo, and
+//! inspects a data directory.
 //!
 //! This is the binary edge: errors become `anyhow` reports with context, printed once.
+
+mod admin;
+mod agent;
+mod certs;
+mod cli;
+mod demo;
+mod metrics;
+mod model;
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -32,6 +42,34 @@ enum Command {
         #[command(subcommand)]
         command: LogCommand,
     },
+    /// Define, inspect, pause, resume and delete cluster links (on the destination broker).
+    Link {
+        #[command(flatten)]
+        admin: cli::AdminArgs,
+        #[command(subcommand)]
+        command: cli::LinkCommand,
+    },
+    /// Inspect mirror topics (topics a link fills from its source cluster).
+    Mirror {
+        #[command(flatten)]
+        admin: cli::AdminArgs,
+        #[command(subcommand)]
+        command: cli::MirrorCommand,
+    },
+    /// Make a test certificate authority and agent certificates for links.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Two embedded brokers, "east" and "west", linked on loopback: produces a sample stream
+    /// to east and shows it arriving on west with live lag and compression figures.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum CertsCommand {
+    /// Write ca.pem/ca.key and <name>.pem/<name>.key for each agent name.
+    Generate(certs::CertsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -71,7 +109,28 @@ struct BrokerArgs {
     /// Largest request frame accepted, in bytes.
     #[arg(long, default_value_t = server::DEFAULT_MAX_FRAME_BYTES)]
     max_frame_bytes: usize,
+    /// Address of the admin HTTP API (links, mirrors, /metrics); `none` disables it. If the
+    /// default address is taken, the broker starts without it (with a warning).
+    #[arg(long, default_value = DEFAULT_ADMIN)]
+    admin_listen: String,
+    /// UDP address to serve links from (this broker as a link's source).
+    #[arg(long)]
+    link_listen: Option<String>,
+    /// CA certificate (PEM) that peers' link certificates must chain to.
+    #[arg(long, requires_all = ["link_cert", "link_key"])]
+    link_ca: Option<PathBuf>,
+    /// This broker's link certificate chain (PEM).
+    #[arg(long, requires_all = ["link_ca", "link_key"])]
+    link_cert: Option<PathBuf>,
+    /// This broker's link private key (PEM).
+    #[arg(long, requires_all = ["link_ca", "link_cert"])]
+    link_key: Option<PathBuf>,
+    /// Test knob: the link protocol versions this agent speaks, `MIN-MAX`.
+    #[arg(long, hide = true)]
+    link_protocol_versions: Option<String>,
 }
+
+const DEFAULT_ADMIN: &str = "127.0.0.1:9644";
 
 #[derive(Subcommand, Debug)]
 enum LogCommand {
@@ -116,8 +175,15 @@ fn main() -> Result<()> {
     tune_process();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STRAIT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("STRAIT_LOG").unwrap_or_else(|_| {
+                // The demo prints its own status lines; only problems are logged.
+                let level = if matches!(cli.command, Command::Demo(_)) {
+                    "warn"
+                } else {
+                    "info"
+                };
+                tracing_subscriber::EnvFilter::new(level)
+            }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -131,6 +197,12 @@ fn main() -> Result<()> {
         Command::Log {
             command: LogCommand::Verify { data_dir },
         } => runtime.block_on(verify(data_dir)),
+        Command::Link { admin, command } => runtime.block_on(cli::run_link(&admin, command)),
+        Command::Mirror { admin, command } => runtime.block_on(cli::run_mirror(&admin, command)),
+        Command::Certs {
+            command: CertsCommand::Generate(args),
+        } => certs::generate(&args),
+        Command::Demo(args) => runtime.block_on(demo::run(args)),
     }
 }
 
@@ -163,7 +235,7 @@ async fn run_broker(args: BrokerArgs) -> Result<()> {
     }
     let mut config = BrokerConfig::new(args.data_dir.clone(), host.clone(), port);
     config.node_id = args.node_id;
-    config.cluster_id = args.cluster_id;
+    config.cluster_id = args.cluster_id.clone();
     config.fsync = args.fsync;
     config.auto_create_topics = args.auto_create_topics;
     config.default_partitions = args.default_partitions;
@@ -174,24 +246,128 @@ async fn run_broker(args: BrokerArgs) -> Result<()> {
         .await?
         .with_context(|| format!("cannot open data dir {}", args.data_dir.display()))?;
     broker.spawn_background_tasks();
-    println!(
-        "strait broker listening on {bound} (advertised {host}:{port}), data dir {}, fsync {}, cluster id {}, node {}, {} topics",
-        args.data_dir.display(),
-        broker.config.fsync,
-        broker.cluster_id,
-        broker.config.node_id,
-        broker.topics().len()
-    );
-    std::io::stdout().flush().ok();
     let limits = ServerLimits {
         max_frame_bytes: args.max_frame_bytes,
         ..ServerLimits::default()
     };
-    server::serve(broker, listener, limits, shutdown_signal())
-        .await
-        .context("closing the broker")?;
+    let links = start_link_agent(&broker, &args).await?;
+    println!(
+        "strait broker listening on {bound} (advertised {host}:{port}), data dir {}, fsync {}, cluster id {}, node {}, {} topics{}{}",
+        args.data_dir.display(),
+        broker.config.fsync,
+        broker.cluster_id,
+        broker.config.node_id,
+        broker.topics().len(),
+        links
+            .admin
+            .map(|a| format!(", admin API on http://{a}"))
+            .unwrap_or_default(),
+        links
+            .link_listen
+            .map(|a| format!(", links served on {a}/udp"))
+            .unwrap_or_default(),
+    );
+    std::io::stdout().flush().ok();
+    let manager = links.manager.clone();
+    server::serve(broker, listener, limits, async move {
+        shutdown_signal().await;
+        // Links stop before the broker closes its partitions.
+        manager.shutdown();
+    })
+    .await
+    .context("closing the broker")?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// The link agent and admin API of a running broker.
+pub struct LinkAgentHandle {
+    pub manager: std::sync::Arc<agent::LinkManager>,
+    pub admin: Option<SocketAddr>,
+    pub link_listen: Option<SocketAddr>,
+}
+
+fn parse_versions(text: &str) -> Result<(u16, u16)> {
+    let (lo, hi) = text.split_once('-').unwrap_or((text, text));
+    let lo: u16 = lo.trim().parse().context("bad --link-protocol-versions")?;
+    let hi: u16 = hi.trim().parse().context("bad --link-protocol-versions")?;
+    if lo > hi {
+        bail!("--link-protocol-versions: {lo} > {hi}");
+    }
+    Ok((lo, hi))
+}
+
+/// Starts the link manager, the link listener and the admin API for `broker`.
+async fn start_link_agent(
+    broker: &std::sync::Arc<Broker>,
+    args: &BrokerArgs,
+) -> Result<LinkAgentHandle> {
+    let identity = match (&args.link_ca, &args.link_cert, &args.link_key) {
+        (Some(ca), Some(cert), Some(key)) => Some(agent::load_identity(ca, cert, key)?),
+        _ => None,
+    };
+    let mut options = agent::AgentOptions {
+        identity,
+        ..agent::AgentOptions::default()
+    };
+    if let Some(v) = &args.link_protocol_versions {
+        options.versions = parse_versions(v)?;
+    }
+    let manager = agent::LinkManager::open(broker.clone(), options)?;
+    let link_listen = match &args.link_listen {
+        Some(addr) => {
+            let addr = resolve(addr).await?;
+            Some(manager.listen(addr)?)
+        }
+        None => None,
+    };
+    let admin = if args.admin_listen == "none" {
+        None
+    } else {
+        let addr = resolve(&args.admin_listen).await?;
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                let bound = listener.local_addr()?;
+                let control: std::sync::Arc<dyn model::LinkControl> = manager.clone();
+                let for_metrics = manager.clone();
+                let metrics: std::sync::Arc<dyn Fn() -> String + Send + Sync> =
+                    std::sync::Arc::new(move || {
+                        use model::LinkControl as _;
+                        let mut out = String::new();
+                        metrics::render_links(&for_metrics.list_links(), &mut out);
+                        out
+                    });
+                tokio::spawn(async move {
+                    if let Err(e) =
+                        admin::serve(listener, control, metrics, std::future::pending()).await
+                    {
+                        tracing::error!(error = format!("{e:#}"), "admin API stopped");
+                    }
+                });
+                Some(bound)
+            }
+            Err(e) if args.admin_listen == DEFAULT_ADMIN => {
+                tracing::warn!(address = %addr, error = %e, "admin API not started (the default address is taken; pass --admin-listen)");
+                None
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot listen on --admin-listen {addr}"))
+            }
+        }
+    };
+    Ok(LinkAgentHandle {
+        manager,
+        admin,
+        link_listen,
+    })
+}
+
+async fn resolve(addr: &str) -> Result<SocketAddr> {
+    tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("cannot resolve {addr}"))?
+        .next()
+        .with_context(|| format!("{addr} resolves to no address"))
 }
 
 async fn shutdown_signal() {

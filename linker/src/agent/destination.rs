@@ -1,0 +1,440 @@
+//! The destination side of a link: dials the source agent, keeps the mirror topics' metadata
+//! in step with the source (new topics, partitions, config changes), and runs the data streams
+//! that append the source's batches at their source offsets.
+//!
+//! Exactly-once by construction: every data stream subscribes from the destination's log end
+//! offset, and batches already present are skipped, so a reconnect, a crash of either broker
+//! or a resent frame can neither lose nor double a record. Acks go back only once the appended
+//! records are durable under the broker's fsync policy.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use broker_core::broker::{NewTopic, Partition};
+use broker_core::config::TopicConfig;
+use mirror_protocol::{
+    capabilities, Ack, AckEntry, EncodeOptions, Frame, Hello, Role, SourceOffset, StreamOptions,
+    Subscribe, SubscribePartition, TopicFilter, TopicInfo, TopicsRequest, TransportSettings,
+};
+use quinn::Connection;
+use tokio::task::JoinSet;
+
+use super::framing::{read_frame, write_frame};
+use super::status::LinkShared;
+use super::AgentShared;
+use crate::model::{LinkSpec, LinkState};
+
+/// How often the destination asks the source for topic metadata.
+const METADATA_INTERVAL: Duration = Duration::from_millis(1000);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+const FATAL_BACKOFF: Duration = Duration::from_secs(30);
+
+/// An error retrying will not fix without a change (certificates, versions, refusal).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Fatal(String);
+
+/// Runs a link until the task is aborted: connect, mirror, and on any failure reconnect with
+/// exponential backoff; the status shows why.
+pub async fn run_link(agent: Arc<AgentShared>, spec: LinkSpec, shared: Arc<LinkShared>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let started = Instant::now();
+        let result = connect_and_mirror(&agent, &spec, &shared).await;
+        let err = match result {
+            Ok(()) => anyhow!("the source closed the connection"),
+            Err(e) => e,
+        };
+        let message = format!("{err:#}");
+        tracing::warn!(link = %spec.name, error = %message, "link interrupted; reconnecting");
+        shared.set_error(message.clone());
+        let fatal = err.downcast_ref::<Fatal>().is_some() || looks_like_tls_failure(&message);
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(100);
+        }
+        let wait = if fatal {
+            shared.set_state(LinkState::Failed(message));
+            FATAL_BACKOFF
+        } else {
+            shared.set_state(LinkState::Connecting(Some(message)));
+            backoff
+        };
+        tokio::time::sleep(wait).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn looks_like_tls_failure(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("certificate") || m.contains("cryptographic handshake") || m.contains("tls")
+}
+
+fn transport_settings(spec: &LinkSpec) -> TransportSettings {
+    TransportSettings {
+        rtt: Duration::from_millis(spec.rtt_ms.max(1)),
+        bandwidth_bytes_per_sec: spec.bandwidth_mbit.max(1) * 1_000_000 / 8,
+        ..TransportSettings::default()
+    }
+}
+
+fn filter_of(spec: &LinkSpec) -> TopicFilter {
+    TopicFilter {
+        names: spec.topics.names.clone(),
+        prefixes: spec.topics.prefixes.clone(),
+        regexes: spec.topics.regexes.clone(),
+    }
+}
+
+async fn connect_and_mirror(
+    agent: &Arc<AgentShared>,
+    spec: &LinkSpec,
+    shared: &Arc<LinkShared>,
+) -> Result<()> {
+    let identity = agent
+        .identity
+        .as_ref()
+        .ok_or_else(|| Fatal("this broker has no link certificate: start it with --link-ca, --link-cert and --link-key".into()))?;
+    let remote: SocketAddr = tokio::net::lookup_host(&spec.source_addr)
+        .await
+        .with_context(|| format!("cannot resolve the source address {}", spec.source_addr))?
+        .next()
+        .ok_or_else(|| anyhow!("{} resolves to no address", spec.source_addr))?;
+    let client = mirror_protocol::client_config(identity, &transport_settings(spec))
+        .map_err(|e| Fatal(format!("link TLS configuration: {e}")))?;
+    let bind: SocketAddr = if remote.is_ipv6() {
+        "[::]:0".parse()?
+    } else {
+        "0.0.0.0:0".parse()?
+    };
+    let mut endpoint = quinn::Endpoint::client(bind).context("opening a UDP socket")?;
+    endpoint.set_default_client_config(client);
+    let result = mirror_over(&endpoint, remote, agent, spec, shared).await;
+    endpoint.close(quinn::VarInt::from_u32(0), b"link stopped");
+    result
+}
+
+async fn mirror_over(
+    endpoint: &quinn::Endpoint,
+    remote: SocketAddr,
+    agent: &Arc<AgentShared>,
+    spec: &LinkSpec,
+    shared: &Arc<LinkShared>,
+) -> Result<()> {
+    let conn = endpoint
+        .connect(remote, &spec.server_name)
+        .context("starting the connection")?
+        .await
+        .with_context(|| format!("connecting to the source at {remote}"))?;
+    let (mut send, mut recv) = conn.open_bi().await.context("opening the control stream")?;
+    let limits = agent.limits;
+    let mut scratch = Vec::new();
+    let plain = EncodeOptions::default();
+    write_frame(
+        &mut send,
+        &Frame::Hello(Hello {
+            min_version: agent.versions.0,
+            max_version: agent.versions.1,
+            link_name: spec.name.clone(),
+            cluster_id: agent.broker.cluster_id.clone(),
+            role: Role::Destination,
+            capabilities: capabilities::ZSTD,
+        }),
+        &plain,
+        &limits,
+        &mut scratch,
+    )
+    .await
+    .context("sending Hello")?;
+    let hello_ok = match read_frame(&mut recv, &limits)
+        .await
+        .context("waiting for the source's answer to Hello (a TLS refusal shows up here)")?
+    {
+        Some((Frame::HelloOk(ok), _)) => ok,
+        Some((Frame::Reject(r), _)) => {
+            return Err(Fatal(format!(
+                "the source refused the link ({:?}): {}",
+                r.code, r.message
+            ))
+            .into())
+        }
+        Some((other, _)) => bail!(
+            "protocol error: expected HelloOk, got {}",
+            super::source::frame_name(&other)
+        ),
+        None => bail!("the source closed the control stream during the handshake"),
+    };
+    tracing::info!(link = %spec.name, source_cluster = %hello_ok.cluster_id, version = hello_ok.version, "link connected to the source");
+    shared.connected(hello_ok.cluster_id.clone());
+
+    let filter = filter_of(spec);
+    let mut subscribed: BTreeSet<(String, i32)> = BTreeSet::new();
+    let mut lanes: JoinSet<Result<()>> = JoinSet::new();
+    let mut ticker = tokio::time::interval(METADATA_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                write_frame(&mut send, &Frame::TopicsRequest(TopicsRequest { filter: filter.clone() }), &plain, &limits, &mut scratch).await?;
+                let topics = match read_frame(&mut recv, &limits).await? {
+                    Some((Frame::TopicsReply(reply), _)) => reply.topics,
+                    Some((Frame::Error(e), _)) => return Err(Fatal(format!("the source rejected the topic selection: {}", e.message)).into()),
+                    Some((other, _)) => bail!("protocol error: expected TopicsReply, got {}", super::source::frame_name(&other)),
+                    None => bail!("the source closed the control stream"),
+                };
+                let ready = sync_topics(agent, spec, shared, &topics);
+                let new: Vec<(String, i32)> = ready.into_iter().filter(|p| !subscribed.contains(p)).collect();
+                if !new.is_empty() {
+                    let groups = if subscribed.is_empty() { spec.streams.max(1) } else { 1 };
+                    for group in spread(&new, groups) {
+                        let conn = conn.clone();
+                        let agent = agent.clone();
+                        let spec = spec.clone();
+                        let shared = shared.clone();
+                        lanes.spawn(async move { run_lane(conn, agent, spec, shared, group).await });
+                    }
+                    subscribed.extend(new);
+                }
+                shared.tick_rates();
+            }
+            Some(ended) = lanes.join_next() => {
+                match ended {
+                    Ok(Ok(())) => bail!("the source closed a data stream"),
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => bail!("a data stream task failed: {e}"),
+                }
+            }
+            reason = conn.closed() => {
+                return Err(anyhow!("connection lost: {reason}"));
+            }
+        }
+    }
+}
+
+/// Splits partitions into at most `n` groups, round robin (a topic's partitions spread out).
+fn spread(parts: &[(String, i32)], n: usize) -> Vec<Vec<(String, i32)>> {
+    let n = n.clamp(1, parts.len().max(1));
+    let mut groups = vec![Vec::new(); n];
+    for (i, p) in parts.iter().enumerate() {
+        groups[i % n].push(p.clone());
+    }
+    groups.retain(|g| !g.is_empty());
+    groups
+}
+
+/// Brings the mirror topics in line with the source's metadata; returns the partitions that
+/// are ready to be mirrored.
+fn sync_topics(
+    agent: &AgentShared,
+    spec: &LinkSpec,
+    shared: &LinkShared,
+    topics: &[TopicInfo],
+) -> Vec<(String, i32)> {
+    let broker = &agent.broker;
+    let mut ready = Vec::new();
+    let mut names = Vec::new();
+    for info in topics {
+        let config = match TopicConfig::from_pairs(
+            info.configs
+                .iter()
+                .filter(|(k, _)| broker_core::config::definition(k).is_some())
+                .map(|(k, v)| (k.as_str(), Some(v.as_str()))),
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                shared.partition_failure(
+                    &info.name,
+                    0,
+                    Some(format!("source config rejected: {e}")),
+                );
+                continue;
+            }
+        };
+        let topic = match broker.topic(&info.name) {
+            None => match broker.create_mirror_topic(
+                NewTopic {
+                    name: info.name.clone(),
+                    partitions: info.partitions,
+                    config: config.clone(),
+                },
+                &spec.name,
+            ) {
+                Ok(t) => {
+                    tracing::info!(link = %spec.name, topic = %info.name, partitions = info.partitions, "created mirror topic");
+                    t
+                }
+                Err(e) => {
+                    shared.partition_failure(
+                        &info.name,
+                        0,
+                        Some(format!("cannot create the mirror topic: {e}")),
+                    );
+                    continue;
+                }
+            },
+            Some(t) => t,
+        };
+        if topic.mirror_link().as_deref() != Some(spec.name.as_str()) {
+            shared.partition_failure(
+                &info.name,
+                0,
+                Some(format!(
+                    "a topic of that name exists on the destination and is not a mirror of link `{}`",
+                    spec.name
+                )),
+            );
+            continue;
+        }
+        if info.partitions > topic.partition_count() {
+            match broker.create_partitions(&info.name, info.partitions, false) {
+                Ok(()) => {
+                    tracing::info!(link = %spec.name, topic = %info.name, partitions = info.partitions, "mirror topic grew")
+                }
+                Err(e) => {
+                    tracing::warn!(link = %spec.name, topic = %info.name, error = %e, "cannot add partitions to the mirror topic")
+                }
+            }
+        }
+        let current = topic.config();
+        let differs =
+            current.overrides().collect::<Vec<_>>() != config.overrides().collect::<Vec<_>>();
+        if differs {
+            match broker.set_topic_config(&info.name, config) {
+                Ok(()) => {
+                    tracing::info!(link = %spec.name, topic = %info.name, "mirror topic config updated from the source")
+                }
+                Err(e) => {
+                    tracing::warn!(link = %spec.name, topic = %info.name, error = %e, "cannot update the mirror topic config")
+                }
+            }
+        }
+        names.push(info.name.clone());
+        for p in 0..topic.partition_count().min(info.partitions) {
+            ready.push((info.name.clone(), p));
+        }
+    }
+    shared.set_mirror_topics(names);
+    ready
+}
+
+/// One data stream: subscribes its partitions from the destination's log end offsets and
+/// appends what arrives.
+async fn run_lane(
+    conn: Connection,
+    agent: Arc<AgentShared>,
+    spec: LinkSpec,
+    shared: Arc<LinkShared>,
+    parts: Vec<(String, i32)>,
+) -> Result<()> {
+    let broker = &agent.broker;
+    let limits = agent.limits;
+    let fsync = broker.config.fsync;
+    let notify = broker.data_arrived.clone();
+    let mut partitions: Vec<Arc<Partition>> = Vec::with_capacity(parts.len());
+    let mut subscribe = Vec::with_capacity(parts.len());
+    for (topic, index) in &parts {
+        let p = broker.partition(topic, *index)?;
+        subscribe.push(SubscribePartition {
+            topic: topic.clone(),
+            partition: *index,
+            start: SourceOffset(p.offsets().log_end_offset),
+        });
+        partitions.push(p);
+    }
+    let find = |topic: &str, index: i32| {
+        partitions
+            .iter()
+            .find(|p| p.index == index && p.topic == topic)
+            .cloned()
+    };
+    let (mut send, mut recv) = conn.open_bi().await.context("opening a data stream")?;
+    let mut scratch = Vec::new();
+    let plain = EncodeOptions::default();
+    write_frame(
+        &mut send,
+        &Frame::Subscribe(Subscribe {
+            partitions: subscribe,
+            options: StreamOptions {
+                zstd_level: spec.zstd_level,
+                max_bytes: spec.batch_max_bytes.min(u32::MAX as usize) as u32,
+                linger_ms: spec.linger_ms.min(u64::from(u32::MAX)) as u32,
+            },
+        }),
+        &plain,
+        &limits,
+        &mut scratch,
+    )
+    .await?;
+    loop {
+        let Some((frame, wire)) = read_frame(&mut recv, &limits).await? else {
+            return Ok(());
+        };
+        let data = match frame {
+            Frame::Data(d) => d,
+            Frame::Error(e) => bail!("the source reported {:?}: {}", e.code, e.message),
+            other => bail!(
+                "protocol error: unexpected {} on a data stream",
+                super::source::frame_name(&other)
+            ),
+        };
+        shared.wire_bytes.fetch_add(wire, Ordering::Relaxed);
+        let mut appended: Vec<(Arc<Partition>, i64)> = Vec::new();
+        for entry in &data.entries {
+            let Some(p) = find(&entry.topic, entry.partition) else {
+                bail!(
+                    "protocol error: data for {}-{}, which this stream did not subscribe",
+                    entry.topic,
+                    entry.partition
+                );
+            };
+            let end = p.offsets().log_end_offset;
+            if entry.source_log_start.0 > end {
+                tracing::warn!(topic = %entry.topic, partition = entry.partition, from = end, to = entry.source_log_start.0,
+                    "the source deleted records this mirror never got (retention); restarting the mirror partition at the source's log start");
+                p.reset_for_mirror(entry.source_log_start.0, &notify)?;
+            }
+            let mut bytes = 0;
+            let mut records = 0;
+            if !entry.batches.is_empty() {
+                let r = p.append_mirrored(&entry.batches, fsync, &notify)?;
+                bytes = r.appended_bytes;
+                records = r.appended_records.max(0) as u64;
+                p.start_sync(fsync, &notify);
+                appended.push((p.clone(), r.end_offset));
+            }
+            shared.source_bytes.fetch_add(bytes, Ordering::Relaxed);
+            shared.records.fetch_add(records, Ordering::Relaxed);
+            shared.observe(
+                &entry.topic,
+                entry.partition,
+                entry.source_high_watermark.0,
+                p.offsets().log_end_offset,
+                bytes,
+                records,
+            );
+        }
+        if appended.is_empty() {
+            continue;
+        }
+        let mut acks = Vec::with_capacity(appended.len());
+        for (p, end) in appended {
+            p.wait_durable(end, fsync, &notify).await?;
+            acks.push(AckEntry {
+                topic: p.topic.clone(),
+                partition: p.index,
+                durable: SourceOffset(end),
+            });
+        }
+        write_frame(
+            &mut send,
+            &Frame::Ack(Ack { entries: acks }),
+            &plain,
+            &limits,
+            &mut scratch,
+        )
+        .await?;
+    }
+}

@@ -1,0 +1,333 @@
+//! The link agent inside `strait broker`: the link manager (links defined on this broker as a
+//! destination, persisted in sled, each run by a task), and the source-side listener that
+//! serves other brokers' links from this broker's logs.
+//!
+//! Data flow (destination-initiated): `destination::run_link` dials the source's
+//! `source::run_listener`, handshakes, keeps mirror topics in step with the source's metadata
+//! and opens data streams; the source packs batches into zstd `Data` frames; the destination
+//! appends them at their source offsets (`Partition::append_mirrored`) and acks once durable.
+
+pub mod destination;
+pub mod framing;
+pub mod source;
+pub mod status;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use broker_core::Broker;
+use mirror_protocol::{Identity, Limits, TopicFilter, TransportSettings, PROTOCOL_VERSION};
+use tokio::task::JoinHandle;
+
+use crate::model::{ControlError, LinkControl, LinkMode, LinkSpec, LinkStatus, MirrorStatus};
+use status::LinkShared;
+
+/// What every link task of this broker shares.
+pub struct AgentShared {
+    pub broker: Arc<Broker>,
+    /// Our certificate, key and the CA we trust for peers; without it no link can run.
+    pub identity: Option<Identity>,
+    pub limits: Limits,
+    /// Protocol versions this agent speaks (a test knob can narrow it to provoke a mismatch).
+    pub versions: (u16, u16),
+}
+
+struct RunningLink {
+    spec: LinkSpec,
+    shared: Arc<LinkShared>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// The links defined on this broker. Implements the admin API's [`LinkControl`].
+pub struct LinkManager {
+    agent: Arc<AgentShared>,
+    db: sled::Db,
+    links: Mutex<BTreeMap<String, RunningLink>>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// Agent settings from the broker's command line.
+pub struct AgentOptions {
+    pub identity: Option<Identity>,
+    pub versions: (u16, u16),
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        AgentOptions {
+            identity: None,
+            versions: (PROTOCOL_VERSION, PROTOCOL_VERSION),
+        }
+    }
+}
+
+impl LinkManager {
+    /// Opens the link store (`<data-dir>/links`) and starts every link that is not paused.
+    pub fn open(broker: Arc<Broker>, options: AgentOptions) -> Result<Arc<LinkManager>> {
+        let path = broker.config.data_dir.join("links");
+        let db = sled::Config::new()
+            .path(&path)
+            .mode(sled::Mode::LowSpace)
+            .open()
+            .with_context(|| format!("opening the link store {}", path.display()))?;
+        let agent = Arc::new(AgentShared {
+            broker,
+            identity: options.identity,
+            limits: Limits::default(),
+            versions: options.versions,
+        });
+        let manager = Arc::new(LinkManager {
+            agent,
+            db,
+            links: Mutex::new(BTreeMap::new()),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        for item in manager.db.iter() {
+            let (key, value) = item.context("reading the link store")?;
+            let spec: LinkSpec = serde_json::from_slice(&value).with_context(|| {
+                format!(
+                    "link store entry {:?} is not a valid link definition",
+                    String::from_utf8_lossy(&key)
+                )
+            })?;
+            manager.start(spec);
+        }
+        Ok(manager)
+    }
+
+    /// Serves other brokers' links from this broker's logs on `addr` (UDP).
+    pub fn listen(&self, addr: SocketAddr) -> Result<SocketAddr> {
+        let identity = self.agent.identity.as_ref().context(
+            "--link-listen needs this broker's link certificate: add --link-ca, --link-cert and --link-key (`strait certs generate` makes test ones)",
+        )?;
+        let config = mirror_protocol::server_config(identity, &TransportSettings::default())
+            .context("building the link listener's TLS configuration")?;
+        let endpoint = quinn::Endpoint::server(config, addr)
+            .with_context(|| format!("cannot listen for links on {addr} (UDP)"))?;
+        let bound = endpoint.local_addr()?;
+        let ctx = Arc::new(source::SourceContext {
+            broker: self.agent.broker.clone(),
+            limits: self.agent.limits,
+            versions: self.agent.versions,
+            acked: Mutex::new(Default::default()),
+        });
+        self.runtime.spawn(source::run_listener(endpoint, ctx));
+        Ok(bound)
+    }
+
+    fn start(&self, spec: LinkSpec) {
+        let shared = Arc::new(LinkShared::new(spec.paused));
+        let task = (!spec.paused).then(|| {
+            self.runtime.spawn(destination::run_link(
+                self.agent.clone(),
+                spec.clone(),
+                shared.clone(),
+            ))
+        });
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = links.insert(spec.name.clone(), RunningLink { spec, shared, task }) {
+            if let Some(task) = old.task {
+                task.abort();
+            }
+        }
+    }
+
+    fn persist(&self, spec: &LinkSpec) -> Result<(), ControlError> {
+        let value = serde_json::to_vec(spec).map_err(|e| ControlError::Internal(e.to_string()))?;
+        self.db
+            .insert(spec.name.as_bytes(), value)
+            .and_then(|_| self.db.flush())
+            .map_err(|e| ControlError::Internal(format!("saving the link: {e}")))?;
+        Ok(())
+    }
+
+    fn with_link<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut RunningLink) -> T,
+    ) -> Result<T, ControlError> {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        links
+            .get_mut(name)
+            .map(f)
+            .ok_or_else(|| ControlError::NotFound(name.to_string()))
+    }
+
+    fn set_paused(&self, name: &str, paused: bool) -> Result<(), ControlError> {
+        let mut spec = self.with_link(name, |l| l.spec.clone())?;
+        if spec.paused == paused {
+            return Ok(());
+        }
+        spec.paused = paused;
+        self.persist(&spec)?;
+        self.start(spec);
+        Ok(())
+    }
+
+    /// Stops every link task (broker shutdown).
+    pub fn shutdown(&self) {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        for link in links.values_mut() {
+            if let Some(task) = link.task.take() {
+                task.abort();
+            }
+        }
+        let _ = self.db.flush();
+    }
+
+    fn validate(&self, spec: &LinkSpec) -> Result<(), ControlError> {
+        let invalid = |m: String| Err(ControlError::Invalid(m));
+        if spec.name.is_empty()
+            || spec.name.len() > 100
+            || !spec
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            return invalid(format!(
+                "link name {:?} must be 1-100 characters of A-Z a-z 0-9 . _ -",
+                spec.name
+            ));
+        }
+        if spec.mode == LinkMode::SourceInitiated {
+            return invalid("source-initiated links are not implemented yet; create the link on the destination in the default destination-initiated mode".into());
+        }
+        if spec
+            .source_addr
+            .rsplit_once(':')
+            .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+        {
+            return invalid(format!(
+                "source address {:?} is not HOST:PORT",
+                spec.source_addr
+            ));
+        }
+        let filter = TopicFilter {
+            names: spec.topics.names.clone(),
+            prefixes: spec.topics.prefixes.clone(),
+            regexes: spec.topics.regexes.clone(),
+        };
+        if filter.names.is_empty() && filter.prefixes.is_empty() && filter.regexes.is_empty() {
+            return invalid("select topics to mirror: names, prefixes or regexes".into());
+        }
+        filter
+            .compile()
+            .map_err(|e| ControlError::Invalid(e.to_string()))?;
+        if !(1..=256).contains(&spec.streams) {
+            return invalid(format!("streams must be 1..=256, got {}", spec.streams));
+        }
+        if !(0..=22).contains(&spec.zstd_level) {
+            return invalid(format!(
+                "zstd level must be 0 (off) to 22, got {}",
+                spec.zstd_level
+            ));
+        }
+        let max = self.agent.limits.max_frame_bytes / 2;
+        if !(16 << 10..=max).contains(&spec.batch_max_bytes) {
+            return invalid(format!(
+                "batch size must be 16 KiB..={max} bytes, got {}",
+                spec.batch_max_bytes
+            ));
+        }
+        if self.agent.identity.is_none() {
+            return invalid("this broker has no link certificate: start it with --link-ca, --link-cert and --link-key (`strait certs generate` makes test ones)".into());
+        }
+        Ok(())
+    }
+
+    fn mirror_status_of(&self, statuses: &[LinkStatus]) -> Vec<MirrorStatus> {
+        let mut out = Vec::new();
+        for topic in self.agent.broker.topics() {
+            let Some(link) = topic.mirror_link() else {
+                continue;
+            };
+            let partitions: Vec<_> = statuses
+                .iter()
+                .filter(|s| s.spec.name == link)
+                .flat_map(|s| s.partitions.iter())
+                .filter(|p| p.topic == topic.name)
+                .cloned()
+                .collect();
+            out.push(MirrorStatus {
+                topic: topic.name.clone(),
+                lag_records: partitions.iter().map(|p| p.lag_records).sum(),
+                link,
+                partitions,
+            });
+        }
+        out
+    }
+}
+
+impl LinkControl for LinkManager {
+    fn list_links(&self) -> Vec<LinkStatus> {
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        links
+            .values()
+            .map(|l| l.shared.status(&l.spec, &self.agent.broker))
+            .collect()
+    }
+
+    fn link_status(&self, name: &str) -> Result<LinkStatus, ControlError> {
+        self.with_link(name, |l| l.shared.status(&l.spec, &self.agent.broker))
+    }
+
+    fn create_link(&self, spec: LinkSpec) -> Result<LinkStatus, ControlError> {
+        self.validate(&spec)?;
+        if self.with_link(&spec.name, |_| ()).is_ok() {
+            return Err(ControlError::AlreadyExists(spec.name));
+        }
+        self.persist(&spec)?;
+        let name = spec.name.clone();
+        self.start(spec);
+        tracing::info!(link = %name, "link created");
+        self.link_status(&name)
+    }
+
+    fn pause_link(&self, name: &str) -> Result<(), ControlError> {
+        self.set_paused(name, true)
+    }
+
+    fn resume_link(&self, name: &str) -> Result<(), ControlError> {
+        self.set_paused(name, false)
+    }
+
+    fn delete_link(&self, name: &str) -> Result<(), ControlError> {
+        let removed = {
+            let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+            links
+                .remove(name)
+                .ok_or_else(|| ControlError::NotFound(name.to_string()))?
+        };
+        if let Some(task) = removed.task {
+            task.abort();
+        }
+        self.db
+            .remove(name.as_bytes())
+            .and_then(|_| self.db.flush())
+            .map_err(|e| ControlError::Internal(format!("removing the link: {e}")))?;
+        // Its mirror topics become ordinary, writable topics (promoted): nothing feeds them now.
+        for topic in self.agent.broker.topics() {
+            if topic.mirror_link().as_deref() == Some(name) {
+                if let Err(e) = self.agent.broker.set_mirror_link(&topic.name, None) {
+                    tracing::warn!(topic = %topic.name, error = %e, "could not promote a mirror topic of the deleted link");
+                }
+            }
+        }
+        tracing::info!(link = %name, "link deleted; its mirror topics are now writable");
+        Ok(())
+    }
+
+    fn mirrors(&self) -> Vec<MirrorStatus> {
+        let statuses = self.list_links();
+        self.mirror_status_of(&statuses)
+    }
+}
+
+/// Reads the agent's identity from PEM files, with errors naming the file.
+pub fn load_identity(ca: &Path, cert: &Path, key: &Path) -> Result<Identity> {
+    Identity::from_pem_files(ca, cert, key).context("loading the link certificate")
+}

@@ -1,0 +1,452 @@
+//! The source side of a link: accepts QUIC connections from destination agents on the
+//! broker's `--link-listen` address, checks the handshake, answers topic-metadata requests and
+//! serves each data stream from the local partition logs.
+//!
+//! A data stream carries the partitions one `Subscribe` named. The server reads whole batches
+//! below each partition's high watermark (only durable records leave the source), packs them
+//! with a [`DataPacker`] and writes `Data` frames; QUIC flow control blocks the writer when the
+//! destination is behind, so memory per stream is one packer (bounded by its size threshold)
+//! plus quinn's send window.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use broker_core::batch::{BatchHeader, Batches};
+use broker_core::broker::Partition;
+use broker_core::Broker;
+use bytes::Bytes;
+use mirror_protocol::{
+    capabilities, DataEntry, DataPacker, EncodeOptions, ErrorCode, ErrorFrame, Frame, HelloOk,
+    Limits, PackerConfig, Role, SourceOffset, Subscribe, TopicInfo, TopicsReply,
+};
+use quinn::{Connection, RecvStream, SendStream};
+
+use super::framing::{read_frame, write_frame};
+
+/// Longest a caught-up stream stays silent: progress entries (high watermarks) are sent at
+/// least this often so the destination's lag figures stay fresh.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+/// Most bytes read from one partition at a time.
+const MAX_READ_BYTES: usize = 1 << 20;
+
+/// What the source side needs: the broker, the protocol limits and versions it speaks.
+pub struct SourceContext {
+    pub broker: Arc<Broker>,
+    pub limits: Limits,
+    pub versions: (u16, u16),
+    /// The destination's durable offsets as acknowledged, per (link, topic, partition).
+    pub acked: Mutex<HashMap<(String, String, i32), i64>>,
+}
+
+/// Accepts connections until the endpoint closes.
+pub async fn run_listener(endpoint: quinn::Endpoint, ctx: Arc<SourceContext>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => match serve_connection(conn, ctx).await {
+                    Err(e) if !format!("{e:#}").contains("closed by peer: 0") => {
+                        tracing::warn!(%remote, error = format!("{e:#}"), "link connection ended")
+                    }
+                    _ => tracing::info!(%remote, "link connection closed by the destination"),
+                },
+                Err(e) => {
+                    tracing::warn!(%remote, error = %e, "link connection refused during the handshake")
+                }
+            }
+        });
+    }
+}
+
+/// Picks the highest protocol version both sides speak.
+pub fn negotiate(ours: (u16, u16), theirs: (u16, u16)) -> Option<u16> {
+    let version = ours.1.min(theirs.1);
+    (version >= ours.0.max(theirs.0)).then_some(version)
+}
+
+async fn reject(
+    conn: &Connection,
+    send: &mut SendStream,
+    ctx: &SourceContext,
+    code: ErrorCode,
+    message: String,
+) -> anyhow::Error {
+    let frame = Frame::Reject(ErrorFrame {
+        code,
+        message: message.clone(),
+    });
+    let mut scratch = Vec::new();
+    if write_frame(
+        send,
+        &frame,
+        &EncodeOptions::default(),
+        &ctx.limits,
+        &mut scratch,
+    )
+    .await
+    .is_ok()
+    {
+        let _ = send.finish();
+        // Give the reject a moment to reach the peer before the connection closes.
+        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+    }
+    conn.close(quinn::VarInt::from_u32(1), message.as_bytes());
+    anyhow!("refused the link: {message}")
+}
+
+async fn serve_connection(conn: Connection, ctx: Arc<SourceContext>) -> Result<()> {
+    let remote = conn.remote_address();
+    let (mut send, mut recv) = conn
+        .accept_bi()
+        .await
+        .context("waiting for the control stream")?;
+    let hello = match read_frame(&mut recv, &ctx.limits).await? {
+        Some((Frame::Hello(h), _)) => h,
+        Some((other, _)) => {
+            return Err(reject(
+                &conn,
+                &mut send,
+                &ctx,
+                ErrorCode::MalformedFrame,
+                format!("expected Hello, got {}", frame_name(&other)),
+            )
+            .await)
+        }
+        None => bail!("peer closed the control stream before Hello"),
+    };
+    let Some(version) = negotiate(ctx.versions, (hello.min_version, hello.max_version)) else {
+        return Err(reject(
+            &conn,
+            &mut send,
+            &ctx,
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "protocol version mismatch: the destination speaks versions {}..={}, this source {}..={}",
+                hello.min_version, hello.max_version, ctx.versions.0, ctx.versions.1
+            ),
+        )
+        .await);
+    };
+    if hello.role != Role::Destination {
+        return Err(reject(
+            &conn,
+            &mut send,
+            &ctx,
+            ErrorCode::RoleMismatch,
+            "this agent is the source of the link; the dialling side must be the destination"
+                .into(),
+        )
+        .await);
+    }
+    let mut scratch = Vec::new();
+    write_frame(
+        &mut send,
+        &Frame::HelloOk(HelloOk {
+            version,
+            cluster_id: ctx.broker.cluster_id.clone(),
+            capabilities: capabilities::ZSTD,
+        }),
+        &EncodeOptions::default(),
+        &ctx.limits,
+        &mut scratch,
+    )
+    .await?;
+    let link = hello.link_name.clone();
+    tracing::info!(%remote, link = %link, destination_cluster = %hello.cluster_id, version, "link connected");
+
+    let data_conn = conn.clone();
+    let data_ctx = ctx.clone();
+    let data_link = link.clone();
+    let streams = tokio::spawn(async move {
+        loop {
+            match data_conn.accept_bi().await {
+                Ok((send, recv)) => {
+                    let ctx = data_ctx.clone();
+                    let link = data_link.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = serve_data_stream(send, recv, ctx, link.clone()).await {
+                            tracing::debug!(link = %link, error = format!("{e:#}"), "data stream ended");
+                        }
+                    });
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    let result = control_loop(&mut send, &mut recv, &ctx).await;
+    streams.abort();
+    result
+}
+
+async fn control_loop(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    ctx: &SourceContext,
+) -> Result<()> {
+    let mut scratch = Vec::new();
+    while let Some((frame, _)) = read_frame(recv, &ctx.limits).await? {
+        let reply = match frame {
+            Frame::TopicsRequest(req) => match req.filter.compile() {
+                Ok(filter) => Frame::TopicsReply(TopicsReply {
+                    topics: ctx
+                        .broker
+                        .topics()
+                        .into_iter()
+                        .filter(|t| filter.matches(&t.name))
+                        .map(|t| TopicInfo {
+                            name: t.name.clone(),
+                            partitions: t.partition_count(),
+                            configs: t
+                                .config()
+                                .overrides()
+                                .map(|(k, v)| (k.to_string(), v.to_string()))
+                                .collect(),
+                        })
+                        .collect(),
+                }),
+                Err(e) => Frame::Error(ErrorFrame {
+                    code: e.code(),
+                    message: e.to_string(),
+                }),
+            },
+            other => Frame::Error(ErrorFrame {
+                code: ErrorCode::MalformedFrame,
+                message: format!("unexpected {} on the control stream", frame_name(&other)),
+            }),
+        };
+        write_frame(
+            send,
+            &reply,
+            &EncodeOptions::default(),
+            &ctx.limits,
+            &mut scratch,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// One subscribed partition and the next offset to send.
+struct Cursor {
+    topic: String,
+    partition: Arc<Partition>,
+    next: i64,
+}
+
+async fn send_error(
+    send: &mut SendStream,
+    ctx: &SourceContext,
+    code: ErrorCode,
+    message: String,
+) -> anyhow::Error {
+    let mut scratch = Vec::new();
+    let frame = Frame::Error(ErrorFrame {
+        code,
+        message: message.clone(),
+    });
+    let _ = write_frame(
+        send,
+        &frame,
+        &EncodeOptions::default(),
+        &ctx.limits,
+        &mut scratch,
+    )
+    .await;
+    let _ = send.finish();
+    anyhow!(message)
+}
+
+/// One past the last offset of the last whole batch in `data`.
+fn end_of(data: &[u8]) -> Option<i64> {
+    Batches::new(data)
+        .filter_map(Result::ok)
+        .last()
+        .and_then(|b| BatchHeader::parse(b).ok())
+        .map(|h| h.last_offset() + 1)
+}
+
+async fn serve_data_stream(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    ctx: Arc<SourceContext>,
+    link: String,
+) -> Result<()> {
+    let sub: Subscribe = match read_frame(&mut recv, &ctx.limits).await? {
+        Some((Frame::Subscribe(s), _)) => s,
+        Some((other, _)) => {
+            return Err(send_error(
+                &mut send,
+                &ctx,
+                ErrorCode::MalformedFrame,
+                format!("expected Subscribe, got {}", frame_name(&other)),
+            )
+            .await)
+        }
+        None => return Ok(()),
+    };
+    let mut cursors = Vec::with_capacity(sub.partitions.len());
+    for p in &sub.partitions {
+        match ctx.broker.partition(&p.topic, p.partition) {
+            Ok(partition) => cursors.push(Cursor {
+                topic: p.topic.clone(),
+                partition,
+                next: p.start.0,
+            }),
+            Err(e) => {
+                return Err(send_error(
+                    &mut send,
+                    &ctx,
+                    ErrorCode::UnknownTopicOrPartition,
+                    e.to_string(),
+                )
+                .await)
+            }
+        }
+    }
+    let opts = EncodeOptions {
+        zstd_level: sub.options.zstd_level,
+        ..EncodeOptions::default()
+    };
+    let mut packer = DataPacker::new(PackerConfig {
+        max_bytes: (sub.options.max_bytes as usize).clamp(16 << 10, ctx.limits.max_frame_bytes / 2),
+        linger: Duration::from_millis(u64::from(sub.options.linger_ms)),
+    });
+    // Acks arrive on the same stream; a finished receive side means the destination is gone.
+    let ack_ctx = ctx.clone();
+    let ack_link = link.clone();
+    let mut acks = tokio::spawn(async move {
+        while let Ok(Some((frame, _))) = read_frame(&mut recv, &ack_ctx.limits).await {
+            if let Frame::Ack(ack) = frame {
+                let mut acked = ack_ctx.acked.lock().unwrap_or_else(|p| p.into_inner());
+                for e in ack.entries {
+                    acked.insert((ack_link.clone(), e.topic, e.partition), e.durable.0);
+                }
+            }
+        }
+    });
+    let mut scratch = Vec::new();
+    let mut last_sent = Instant::now();
+    let result: Result<()> = async {
+        loop {
+            let notified = ctx.broker.data_arrived.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let mut read_any = false;
+            let now = Instant::now();
+            for c in cursors.iter_mut() {
+                if packer.is_full() {
+                    break;
+                }
+                let offsets = c.partition.offsets();
+                if c.next > offsets.log_end_offset {
+                    return Err(send_error(
+                        &mut send,
+                        &ctx,
+                        ErrorCode::OffsetOutOfRange,
+                        format!(
+                            "{}-{}: the destination is at offset {} but the source's log ends at {}",
+                            c.topic, c.partition.index, c.next, offsets.log_end_offset
+                        ),
+                    )
+                    .await);
+                }
+                let mut entry = DataEntry {
+                    topic: c.topic.clone(),
+                    partition: c.partition.index,
+                    source_log_start: SourceOffset(offsets.log_start_offset),
+                    source_high_watermark: SourceOffset(offsets.high_watermark),
+                    batches: Bytes::new(),
+                };
+                if c.next < offsets.log_start_offset {
+                    // Retention removed records the destination never got: it restarts its
+                    // log at our log start (it learns that from this entry).
+                    c.next = offsets.log_start_offset;
+                    packer.push(entry, now);
+                    read_any = true;
+                    continue;
+                }
+                if c.next >= offsets.high_watermark {
+                    continue;
+                }
+                let data = match c.partition.read(c.next, MAX_READ_BYTES, false) {
+                    Ok((data, _)) => data,
+                    Err(e) => {
+                        // Retention may have moved the start between offsets() and read().
+                        tracing::debug!(topic = %c.topic, partition = c.partition.index, error = %e, "read failed; retrying");
+                        continue;
+                    }
+                };
+                let Some(end) = end_of(&data) else { continue };
+                c.next = end;
+                read_any = true;
+                entry.batches = Bytes::from(data);
+                packer.push(entry, now);
+            }
+            let now = Instant::now();
+            if packer.ready(now) {
+                if let Some(data) = packer.take() {
+                    write_frame(&mut send, &Frame::Data(data), &opts, &ctx.limits, &mut scratch).await?;
+                    last_sent = now;
+                }
+            }
+            if read_any {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            if packer.pending_bytes() == 0 && last_sent.elapsed() >= PROGRESS_INTERVAL {
+                let entries = cursors
+                    .iter()
+                    .map(|c| {
+                        let o = c.partition.offsets();
+                        DataEntry {
+                            topic: c.topic.clone(),
+                            partition: c.partition.index,
+                            source_log_start: SourceOffset(o.log_start_offset),
+                            source_high_watermark: SourceOffset(o.high_watermark),
+                            batches: Bytes::new(),
+                        }
+                    })
+                    .collect();
+                write_frame(
+                    &mut send,
+                    &Frame::Data(mirror_protocol::Data { entries }),
+                    &opts,
+                    &ctx.limits,
+                    &mut scratch,
+                )
+                .await?;
+                last_sent = Instant::now();
+            }
+            let wait = packer
+                .deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()))
+                .unwrap_or(PROGRESS_INTERVAL)
+                .min(PROGRESS_INTERVAL);
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = &mut acks => bail!("the destination closed the stream"),
+            }
+        }
+    }
+    .await;
+    acks.abort();
+    result
+}
+
+pub fn frame_name(frame: &Frame) -> &'static str {
+    match frame {
+        Frame::Hello(_) => "Hello",
+        Frame::HelloOk(_) => "HelloOk",
+        Frame::Reject(_) => "Reject",
+        Frame::TopicsRequest(_) => "TopicsRequest",
+        Frame::TopicsReply(_) => "TopicsReply",
+        Frame::Subscribe(_) => "Subscribe",
+        Frame::Data(_) => "Data",
+        Frame::Ack(_) => "Ack",
+        Frame::Error(_) => "Error",
+    }
+}

@@ -1,0 +1,175 @@
+//! The link agent's vocabulary shared by the agent, the admin HTTP API and the CLI: what a link
+//! is ([`LinkSpec`], persisted), how it is doing ([`LinkStatus`], [`PartitionStatus`]) and the
+//! control surface the admin API drives ([`LinkControl`]). All of it is plain data, serialised as
+//! JSON on the admin port.
+
+use serde::{Deserialize, Serialize};
+
+/// Which side dials the QUIC connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinkMode {
+    /// The destination dials the source's link listener (the default).
+    #[default]
+    DestinationInitiated,
+    /// The source dials out to the destination's link listener (source behind a firewall).
+    SourceInitiated,
+}
+
+/// Which source topics a link mirrors. A topic matches if it is named, starts with a prefix or
+/// matches a regex (anchored). Topics created on the source later are picked up too.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicSelection {
+    #[serde(default)]
+    pub names: Vec<String>,
+    #[serde(default)]
+    pub prefixes: Vec<String>,
+    #[serde(default)]
+    pub regexes: Vec<String>,
+}
+
+/// A link as defined on the destination (`strait link create`); persisted in sled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkSpec {
+    pub name: String,
+    /// Where the source agent's link listener is (destination-initiated mode), `host:port`.
+    pub source_addr: String,
+    /// The name the source's certificate must carry (TLS server name).
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    pub topics: TopicSelection,
+    #[serde(default)]
+    pub mode: LinkMode,
+    /// zstd level for data frames; 0 disables compression.
+    #[serde(default = "default_zstd_level")]
+    pub zstd_level: i32,
+    /// A data frame is sent when this many source bytes are pending ...
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: usize,
+    /// ... or when the oldest pending batch has waited this long.
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+    /// Expected round-trip time and bandwidth of the path: QUIC windows are sized to their
+    /// product so a long fat link is not window-bound.
+    #[serde(default = "default_rtt_ms")]
+    pub rtt_ms: u64,
+    #[serde(default = "default_bandwidth_mbit")]
+    pub bandwidth_mbit: u64,
+    /// Number of QUIC data streams; partitions are spread over them (one slow or lossy stream
+    /// blocks only its own partitions).
+    #[serde(default = "default_streams")]
+    pub streams: usize,
+    /// Paused links keep their definition and mirror topics but move no data.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+pub fn default_server_name() -> String {
+    "localhost".to_string()
+}
+pub fn default_zstd_level() -> i32 {
+    3
+}
+pub fn default_batch_max_bytes() -> usize {
+    1 << 20
+}
+pub fn default_linger_ms() -> u64 {
+    5
+}
+pub fn default_rtt_ms() -> u64 {
+    100
+}
+pub fn default_bandwidth_mbit() -> u64 {
+    1000
+}
+pub fn default_streams() -> usize {
+    8
+}
+
+/// Where a link is in its life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "state", content = "reason")]
+pub enum LinkState {
+    /// Dialling or waiting to redial (the reason says why the last attempt failed, if any).
+    Connecting(Option<String>),
+    Active,
+    Paused,
+    /// Stopped for a reason that retrying will not fix without a change (e.g. a version mismatch
+    /// or a refused certificate); the agent still retries with a long backoff.
+    Failed(String),
+}
+
+/// One mirrored partition as the destination sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartitionStatus {
+    pub topic: String,
+    pub partition: i32,
+    /// The source's high watermark as last reported, and when (ms since the epoch).
+    pub source_end_offset: i64,
+    /// The destination's log end offset (next source offset it expects).
+    pub destination_end_offset: i64,
+    /// Records the destination still lacks.
+    pub lag_records: i64,
+    /// Estimated bytes the destination still lacks (lag_records x mean bytes per record seen).
+    pub lag_bytes: u64,
+    /// How long the destination has been behind the source (0 when caught up).
+    pub lag_ms: u64,
+    /// "active", "paused" or "failed: <reason>".
+    pub state: String,
+    /// Source bytes received per second, averaged over the last few seconds.
+    pub bytes_per_sec: f64,
+    pub records_per_sec: f64,
+}
+
+/// A link's status: `strait link status NAME`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkStatus {
+    pub spec: LinkSpec,
+    #[serde(flatten)]
+    pub state: LinkState,
+    pub source_cluster_id: Option<String>,
+    /// Last error seen (connection, TLS, protocol), even if the link recovered since.
+    pub last_error: Option<String>,
+    pub connects: u64,
+    /// Bytes of record batches received (as the source stores them) vs bytes on the wire
+    /// (data frames after packing/compression, incl. frame headers).
+    pub source_bytes: u64,
+    pub wire_bytes: u64,
+    pub records: u64,
+    pub bytes_per_sec: f64,
+    pub mirror_topics: Vec<String>,
+    pub partitions: Vec<PartitionStatus>,
+}
+
+/// A mirror topic on the destination: `strait mirror list|status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MirrorStatus {
+    pub topic: String,
+    pub link: String,
+    pub partitions: Vec<PartitionStatus>,
+    pub lag_records: i64,
+}
+
+/// Errors the control surface reports to the admin API (mapped to HTTP status codes).
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("no link named {0:?}")]
+    NotFound(String),
+    #[error("a link named {0:?} already exists")]
+    AlreadyExists(String),
+    #[error("invalid link definition: {0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What the admin API asks of the link manager. Implemented by the agent's `LinkManager`.
+pub trait LinkControl: Send + Sync + 'static {
+    fn list_links(&self) -> Vec<LinkStatus>;
+    fn link_status(&self, name: &str) -> Result<LinkStatus, ControlError>;
+    fn create_link(&self, spec: LinkSpec) -> Result<LinkStatus, ControlError>;
+    fn pause_link(&self, name: &str) -> Result<(), ControlError>;
+    fn resume_link(&self, name: &str) -> Result<(), ControlError>;
+    fn delete_link(&self, name: &str) -> Result<(), ControlError>;
+    fn mirrors(&self) -> Vec<MirrorStatus>;
+}
