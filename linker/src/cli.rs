@@ -43,16 +43,19 @@ pub enum LinkCommand {
 #[derive(Args, Debug)]
 #[command(group(
     ArgGroup::new("selection")
-        .required(true)
         .multiple(true)
         .args(["topics", "prefix", "regex"])
 ))]
 pub struct CreateArgs {
     /// Name of the link.
     pub name: String,
-    /// The source agent's link listener, host:port.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub source: String,
+    /// The source agent's link listener, host:port (destination-initiated links).
+    #[arg(long, value_name = "HOST:PORT", required_unless_present_any = ["source_initiated", "dial_destination"])]
+    pub source: Option<String>,
+    /// On the SOURCE broker of a source-initiated link: the destination's link listener to
+    /// dial out to (the destination defines the link, with --source-initiated, and its topics).
+    #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["source", "source_initiated", "topics", "prefix", "regex"])]
+    pub dial_destination: Option<String>,
     /// Topics to mirror, by name (comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub topics: Vec<String>,
@@ -103,15 +106,19 @@ impl CreateArgs {
             prefixes: non_empty(&self.prefix),
             regexes: non_empty(&self.regex),
         };
-        if topics.names.is_empty() && topics.prefixes.is_empty() && topics.regexes.is_empty() {
+        if self.dial_destination.is_none()
+            && topics.names.is_empty()
+            && topics.prefixes.is_empty()
+            && topics.regexes.is_empty()
+        {
             bail!("a link needs topics to mirror: give --topics, --prefix or --regex");
         }
         Ok(LinkSpec {
             name: self.name.clone(),
-            source_addr: self.source.clone(),
+            source_addr: self.source.clone().unwrap_or_default(),
             server_name: self.server_name.clone(),
             topics,
-            mode: if self.source_initiated {
+            mode: if self.source_initiated || self.dial_destination.is_some() {
                 LinkMode::SourceInitiated
             } else {
                 LinkMode::DestinationInitiated
@@ -123,6 +130,7 @@ impl CreateArgs {
             bandwidth_mbit: self.bandwidth_mbit,
             streams: self.streams,
             paused: false,
+            dial_destination: self.dial_destination.clone(),
         })
     }
 }

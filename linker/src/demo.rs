@@ -197,6 +197,7 @@ async fn run_in(dir: &std::path::Path, certs: &std::path::Path, args: &DemoArgs)
             bandwidth_mbit: 1000,
             streams: 4,
             paused: false,
+            dial_destination: None,
         })?;
     }
     println!(

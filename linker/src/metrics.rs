@@ -252,6 +252,7 @@ mod tests {
             bandwidth_mbit: 1000,
             streams: 8,
             paused: false,
+            dial_destination: None,
         }
     }
 

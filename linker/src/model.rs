@@ -62,6 +62,11 @@ pub struct LinkSpec {
     /// Paused links keep their definition and mirror topics but move no data.
     #[serde(default)]
     pub paused: bool,
+    /// Set only on the SOURCE of a source-initiated link: the destination agent's link
+    /// listener this broker dials out to (the destination defines the link with mode
+    /// `source-initiated` under the same name and chooses the topics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dial_destination: Option<String>,
 }
 
 pub fn default_server_name() -> String {

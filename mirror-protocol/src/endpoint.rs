@@ -163,9 +163,9 @@ pub struct TransportSettings {
     pub rtt: Duration,
     /// Expected bandwidth; default 125 000 000 B/s (1 Gbit/s).
     pub bandwidth_bytes_per_sec: u64,
-    /// Connection closed after this long without packets; default 30 s (zero: never).
+    /// Connection closed after this long without packets; default 10 s (zero: never).
     pub idle_timeout: Duration,
-    /// Keep-alive ping interval; default 5 s (zero: none).
+    /// Keep-alive ping interval; default 2 s (zero: none).
     pub keep_alive: Duration,
     /// UDP generic segmentation offload; default false (userspace UDP relays stalled with it).
     pub segmentation_offload: bool,
@@ -178,8 +178,8 @@ impl Default for TransportSettings {
         TransportSettings {
             rtt: Duration::from_millis(100),
             bandwidth_bytes_per_sec: 125_000_000,
-            idle_timeout: Duration::from_secs(30),
-            keep_alive: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(2),
             segmentation_offload: false,
             max_concurrent_streams: 256,
         }

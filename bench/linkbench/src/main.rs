@@ -50,8 +50,8 @@ struct Args {
     #[arg(long, default_value_t = 80)]
     rtt_ms: u64,
     /// Loss rates to run, comma separated (fractions).
-    #[arg(long, value_delimiter = ',', default_value = "0,0.005")]
-    losses: Vec<f64>,
+    #[arg(long, default_value = "0,0.005")]
+    losses: String,
     /// Megabytes of record values per throughput run.
     #[arg(long, default_value_t = 256)]
     mb: u64,
@@ -738,7 +738,13 @@ fn main() -> Result<()> {
     let mut report = String::new();
     let mut link_mbps_noloss = Vec::new();
     let mut results: Vec<(f64, f64, f64, f64)> = Vec::new(); // loss, link, relay, quinn (MB/s)
-    for &loss in &args.losses {
+    let losses: Vec<f64> = args
+        .losses
+        .split(',')
+        .map(|l| l.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .context("--losses: comma-separated fractions, e.g. 0,0.005")?;
+    for &loss in &losses {
         let mut link_v = Vec::new();
         let mut relay_v = Vec::new();
         let mut quinn_v = Vec::new();
@@ -783,6 +789,7 @@ fn main() -> Result<()> {
             }
             // (b) the relay
             let dest = start_broker(&args, &work, "west2", false, None)?;
+            create_topic(&dest.kafka, "bench.lz4", partitions)?;
             let (relay, _) = start_relay_at(&args, &work, &tcp_relay_addr, &east.kafka, loss)?;
             let r = run_relay(
                 &tcp_relay_addr,

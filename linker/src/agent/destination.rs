@@ -36,17 +36,30 @@ const FATAL_BACKOFF: Duration = Duration::from_secs(30);
 /// An error retrying will not fix without a change (certificates, versions, refusal).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct Fatal(String);
+pub struct Fatal(pub String);
 
 /// Runs a link until the task is aborted: connect, mirror, and on any failure reconnect with
 /// exponential backoff; the status shows why.
 pub async fn run_link(agent: Arc<AgentShared>, spec: LinkSpec, shared: Arc<LinkShared>) {
+    retry_forever(&spec, &shared, || {
+        connect_and_mirror(&agent, &spec, &shared)
+    })
+    .await
+}
+
+/// Runs `attempt` again and again (a link's life): after a failure the status shows the
+/// reason; errors retrying cannot fix (certificates, versions, refusals) mark the link failed
+/// and are retried slowly, others with exponential backoff up to 10 s.
+pub async fn retry_forever<F, Fut>(spec: &LinkSpec, shared: &LinkShared, mut attempt: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
     let mut backoff = Duration::from_millis(100);
     loop {
         let started = Instant::now();
-        let result = connect_and_mirror(&agent, &spec, &shared).await;
-        let err = match result {
-            Ok(()) => anyhow!("the source closed the connection"),
+        let err = match attempt().await {
+            Ok(()) => anyhow!("the peer closed the connection"),
             Err(e) => e,
         };
         let message = format!("{err:#}");
@@ -68,12 +81,46 @@ pub async fn run_link(agent: Arc<AgentShared>, spec: LinkSpec, shared: Arc<LinkS
     }
 }
 
+/// A source-initiated link on the destination: waits for the source to dial in (the link
+/// listener hands the connection over) and mirrors over each connection it gets.
+pub async fn run_inbound_link(
+    agent: Arc<AgentShared>,
+    spec: LinkSpec,
+    shared: Arc<LinkShared>,
+    mut inbound: tokio::sync::mpsc::Receiver<super::Inbound>,
+) {
+    shared.set_state(LinkState::Connecting(Some(
+        "waiting for the source to dial in".into(),
+    )));
+    while let Some(handed) = inbound.recv().await {
+        shared.connected(handed.source_cluster_id.clone());
+        let result = mirror_established(
+            handed.conn,
+            handed.send,
+            handed.recv,
+            &agent,
+            &spec,
+            &shared,
+        )
+        .await;
+        let message = match result {
+            Ok(()) => "the source closed the connection".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        tracing::warn!(link = %spec.name, error = %message, "link interrupted; waiting for the source to dial in again");
+        shared.set_error(message.clone());
+        shared.set_state(LinkState::Connecting(Some(format!(
+            "{message}; waiting for the source to dial in"
+        ))));
+    }
+}
+
 fn looks_like_tls_failure(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
     m.contains("certificate") || m.contains("cryptographic handshake") || m.contains("tls")
 }
 
-fn transport_settings(spec: &LinkSpec) -> TransportSettings {
+pub fn transport_settings(spec: &LinkSpec) -> TransportSettings {
     TransportSettings {
         rtt: Duration::from_millis(spec.rtt_ms.max(1)),
         bandwidth_bytes_per_sec: spec.bandwidth_mbit.max(1) * 1_000_000 / 8,
@@ -169,7 +216,22 @@ async fn mirror_over(
     };
     tracing::info!(link = %spec.name, source_cluster = %hello_ok.cluster_id, version = hello_ok.version, "link connected to the source");
     shared.connected(hello_ok.cluster_id.clone());
+    mirror_established(conn, send, recv, agent, spec, shared).await
+}
 
+/// Mirrors over an established connection (whichever side dialled): topic metadata on the
+/// control stream, data streams opened by this destination.
+async fn mirror_established(
+    conn: Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    agent: &Arc<AgentShared>,
+    spec: &LinkSpec,
+    shared: &Arc<LinkShared>,
+) -> Result<()> {
+    let limits = agent.limits;
+    let mut scratch = Vec::new();
+    let plain = EncodeOptions::default();
     let filter = filter_of(spec);
     let mut subscribed: BTreeSet<(String, i32)> = BTreeSet::new();
     let mut lanes: JoinSet<Result<()>> = JoinSet::new();

@@ -8,11 +8,12 @@
 //! appends them at their source offsets (`Partition::append_mirrored`) and acks once durable.
 
 pub mod destination;
+pub mod dialer;
 pub mod framing;
 pub mod source;
 pub mod status;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use broker_core::Broker;
 use mirror_protocol::{Identity, Limits, TopicFilter, TransportSettings, PROTOCOL_VERSION};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::model::{ControlError, LinkControl, LinkMode, LinkSpec, LinkStatus, MirrorStatus};
@@ -33,6 +35,20 @@ pub struct AgentShared {
     pub limits: Limits,
     /// Protocol versions this agent speaks (a test knob can narrow it to provoke a mismatch).
     pub versions: (u16, u16),
+    /// Source-initiated links defined here, by name: where the link listener hands over a
+    /// connection from a source that dialled in.
+    pub inbound: Mutex<HashMap<String, mpsc::Sender<Inbound>>>,
+    /// The link listener's address, once listening.
+    pub listening: Mutex<Option<SocketAddr>>,
+}
+
+/// A connection a source dialled in on, handed to its source-initiated link after the
+/// handshake.
+pub struct Inbound {
+    pub conn: quinn::Connection,
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+    pub source_cluster_id: String,
 }
 
 struct RunningLink {
@@ -78,6 +94,8 @@ impl LinkManager {
             identity: options.identity,
             limits: Limits::default(),
             versions: options.versions,
+            inbound: Mutex::new(HashMap::new()),
+            listening: Mutex::new(None),
         });
         let manager = Arc::new(LinkManager {
             agent,
@@ -105,27 +123,80 @@ impl LinkManager {
         )?;
         let config = mirror_protocol::server_config(identity, &TransportSettings::default())
             .context("building the link listener's TLS configuration")?;
-        let endpoint = quinn::Endpoint::server(config, addr)
+        let socket = std::net::UdpSocket::bind(addr)
             .with_context(|| format!("cannot listen for links on {addr} (UDP)"))?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::new(Arc::new(self.reset_key()?)),
+            Some(config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .with_context(|| format!("cannot listen for links on {addr} (UDP)"))?;
         let bound = endpoint.local_addr()?;
-        let ctx = Arc::new(source::SourceContext {
-            broker: self.agent.broker.clone(),
-            limits: self.agent.limits,
-            versions: self.agent.versions,
-            acked: Mutex::new(Default::default()),
-        });
+        *self
+            .agent
+            .listening
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(bound);
+        let ctx = source::SourceContext::new(self.agent.clone());
         self.runtime.spawn(source::run_listener(endpoint, ctx));
         Ok(bound)
     }
 
+    /// The key of QUIC stateless resets, kept in `<data-dir>/link-reset.key` so that after a
+    /// restart this broker can tell peers at once that their old connection is gone (they
+    /// reconnect immediately instead of waiting for the idle timeout).
+    fn reset_key(&self) -> Result<ring::hmac::Key> {
+        let path = self.agent.broker.config.data_dir.join("link-reset.key");
+        let secret = match std::fs::read(&path) {
+            Ok(bytes) if bytes.len() == 32 => bytes,
+            _ => {
+                let mut fresh = [0u8; 32];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut fresh)
+                    .map_err(|_| anyhow::anyhow!("no randomness for the link reset key"))?;
+                let tmp = path.with_extension("tmp");
+                {
+                    use std::io::Write;
+                    use std::os::unix::fs::OpenOptionsExt;
+                    let mut f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .truncate(true)
+                        .write(true)
+                        .mode(0o600)
+                        .open(&tmp)
+                        .with_context(|| format!("writing {}", tmp.display()))?;
+                    f.write_all(&fresh)?;
+                    f.sync_all()?;
+                }
+                std::fs::rename(&tmp, &path)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                fresh.to_vec()
+            }
+        };
+        Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret))
+    }
+
     fn start(&self, spec: LinkSpec) {
         let shared = Arc::new(LinkShared::new(spec.paused));
+        self.unregister_inbound(&spec.name);
         let task = (!spec.paused).then(|| {
-            self.runtime.spawn(destination::run_link(
-                self.agent.clone(),
-                spec.clone(),
-                shared.clone(),
-            ))
+            let (agent, spec, shared) = (self.agent.clone(), spec.clone(), shared.clone());
+            if spec.dial_destination.is_some() {
+                self.runtime
+                    .spawn(dialer::run_outbound(agent, spec, shared))
+            } else if spec.mode == LinkMode::SourceInitiated {
+                let (tx, rx) = mpsc::channel(1);
+                self.agent
+                    .inbound
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(spec.name.clone(), tx);
+                self.runtime
+                    .spawn(destination::run_inbound_link(agent, spec, shared, rx))
+            } else {
+                self.runtime
+                    .spawn(destination::run_link(agent, spec, shared))
+            }
         });
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(old) = links.insert(spec.name.clone(), RunningLink { spec, shared, task }) {
@@ -133,6 +204,14 @@ impl LinkManager {
                 task.abort();
             }
         }
+    }
+
+    fn unregister_inbound(&self, name: &str) {
+        self.agent
+            .inbound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
     }
 
     fn persist(&self, spec: &LinkSpec) -> Result<(), ControlError> {
@@ -192,14 +271,33 @@ impl LinkManager {
                 spec.name
             ));
         }
-        if spec.mode == LinkMode::SourceInitiated {
-            return invalid("source-initiated links are not implemented yet; create the link on the destination in the default destination-initiated mode".into());
+        let host_port = |a: &str| {
+            a.rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        };
+        if self.agent.identity.is_none() {
+            return invalid("this broker has no link certificate: start it with --link-ca, --link-cert and --link-key (`strait certs generate` makes test ones)".into());
         }
-        if spec
-            .source_addr
-            .rsplit_once(':')
-            .is_none_or(|(_, p)| p.parse::<u16>().is_err())
-        {
+        if let Some(destination) = &spec.dial_destination {
+            // The source side of a source-initiated link: the destination picks the topics.
+            if !host_port(destination) {
+                return invalid(format!(
+                    "destination address {destination:?} is not HOST:PORT"
+                ));
+            }
+            return Ok(());
+        }
+        if spec.mode == LinkMode::SourceInitiated {
+            let listening = self
+                .agent
+                .listening
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some();
+            if !listening {
+                return invalid("a source-initiated link needs this broker to accept the source's connection: start it with --link-listen".into());
+            }
+        } else if !host_port(&spec.source_addr) {
             return invalid(format!(
                 "source address {:?} is not HOST:PORT",
                 spec.source_addr
@@ -231,9 +329,6 @@ impl LinkManager {
                 "batch size must be 16 KiB..={max} bytes, got {}",
                 spec.batch_max_bytes
             ));
-        }
-        if self.agent.identity.is_none() {
-            return invalid("this broker has no link certificate: start it with --link-ca, --link-cert and --link-key (`strait certs generate` makes test ones)".into());
         }
         Ok(())
     }
@@ -305,6 +400,7 @@ impl LinkControl for LinkManager {
         if let Some(task) = removed.task {
             task.abort();
         }
+        self.unregister_inbound(name);
         self.db
             .remove(name.as_bytes())
             .and_then(|_| self.db.flush())

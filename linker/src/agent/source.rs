@@ -38,6 +38,20 @@ pub struct SourceContext {
     pub versions: (u16, u16),
     /// The destination's durable offsets as acknowledged, per (link, topic, partition).
     pub acked: Mutex<HashMap<(String, String, i32), i64>>,
+    /// Where a source dialling in (source-initiated links) is handed over.
+    pub agent: Arc<super::AgentShared>,
+}
+
+impl SourceContext {
+    pub fn new(agent: Arc<super::AgentShared>) -> Arc<SourceContext> {
+        Arc::new(SourceContext {
+            broker: agent.broker.clone(),
+            limits: agent.limits,
+            versions: agent.versions,
+            acked: Mutex::new(HashMap::new()),
+            agent,
+        })
+    }
 }
 
 /// Accepts connections until the endpoint closes.
@@ -124,22 +138,60 @@ async fn serve_connection(conn: Connection, ctx: Arc<SourceContext>) -> Result<(
             &ctx,
             ErrorCode::UnsupportedVersion,
             format!(
-                "protocol version mismatch: the destination speaks versions {}..={}, this source {}..={}",
+                "protocol version mismatch: the peer speaks versions {}..={}, this agent {}..={}",
                 hello.min_version, hello.max_version, ctx.versions.0, ctx.versions.1
             ),
         )
         .await);
     };
-    if hello.role != Role::Destination {
-        return Err(reject(
-            &conn,
+    if hello.role == Role::Source {
+        // A source dialling out to us (a source-initiated link defined on this destination).
+        let sender = ctx
+            .agent
+            .inbound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&hello.link_name)
+            .cloned();
+        let Some(sender) = sender else {
+            return Err(reject(
+                &conn,
+                &mut send,
+                &ctx,
+                ErrorCode::LinkRefused,
+                format!(
+                    "no source-initiated link named `{}` is defined on this destination (create it with `strait link create {} --source-initiated ...`)",
+                    hello.link_name, hello.link_name
+                ),
+            )
+            .await);
+        };
+        write_frame(
             &mut send,
-            &ctx,
-            ErrorCode::RoleMismatch,
-            "this agent is the source of the link; the dialling side must be the destination"
-                .into(),
+            &Frame::HelloOk(HelloOk {
+                version,
+                cluster_id: ctx.broker.cluster_id.clone(),
+                capabilities: capabilities::ZSTD | capabilities::SOURCE_INITIATED,
+            }),
+            &EncodeOptions::default(),
+            &ctx.limits,
+            &mut Vec::new(),
         )
-        .await);
+        .await?;
+        tracing::info!(%remote, link = %hello.link_name, source_cluster = %hello.cluster_id, "source dialled in");
+        let handed = super::Inbound {
+            conn,
+            send,
+            recv,
+            source_cluster_id: hello.cluster_id,
+        };
+        if sender.send(handed).await.is_err() {
+            bail!(
+                "link `{}` stopped while its source dialled in",
+                hello.link_name
+            );
+        }
+        return Ok(());
     }
     let mut scratch = Vec::new();
     write_frame(
@@ -156,7 +208,18 @@ async fn serve_connection(conn: Connection, ctx: Arc<SourceContext>) -> Result<(
     .await?;
     let link = hello.link_name.clone();
     tracing::info!(%remote, link = %link, destination_cluster = %hello.cluster_id, version, "link connected");
+    serve_established(conn, send, recv, ctx, link).await
+}
 
+/// Serves an established link connection as its source: topic metadata on the control stream,
+/// data on the streams the destination opens. Returns when the connection ends.
+pub async fn serve_established(
+    conn: Connection,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    ctx: Arc<SourceContext>,
+    link: String,
+) -> Result<()> {
     let data_conn = conn.clone();
     let data_ctx = ctx.clone();
     let data_link = link.clone();

@@ -1,7 +1,9 @@
 //! Shared helpers of Strait's end-to-end tests: locating the `strait` binary, starting and
 //! stopping broker processes (each test kills only the processes it started, also when it
 //! panics), admin operations through rdkafka, a minimal raw Kafka protocol client built on
-//! kafka-protocol's encoders, a seeded RNG, and reading on-disk segment files.
+//! kafka-protocol's encoders, a seeded RNG, and reading on-disk segment files. For cluster
+//! links: test certificates (`strait certs generate`), the `strait` CLI, a blocking client of
+//! the admin HTTP API, and a UDP relay that can black-hole a QUIC connection for a while.
 //!
 //! Each integration test file includes this module with `mod common;`; not every file uses
 //! every helper, hence the `dead_code` allowance.
@@ -259,6 +261,16 @@ impl Broker {
             cmd.arg("--retention-check-ms").arg(ms.to_string());
         }
         cmd.args(&self.options.extra);
+        // The broker's default admin address (127.0.0.1:9644) would be fought over by tests
+        // running in parallel: a test that wants the admin API names its own port.
+        let names_admin = self
+            .options
+            .extra
+            .iter()
+            .any(|a| a == "--admin-listen" || a.starts_with("--admin-listen="));
+        if !names_admin {
+            cmd.arg("--admin-listen").arg("none");
+        }
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
@@ -917,4 +929,392 @@ fn proxy_responses<P: ProxyPolicy>(
     }
     let _ = client.shutdown(std::net::Shutdown::Both);
     let _ = server.shutdown(std::net::Shutdown::Both);
+}
+
+/// CRC-32C (Castagnoli) continued over `data` from a previous value (start with 0);
+/// table-driven, for hashing whole logs.
+pub fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
+    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut t = [0u32; 256];
+        for (i, entry) in t.iter_mut().enumerate() {
+            let mut c = i as u32;
+            for _ in 0..8 {
+                c = if c & 1 == 1 {
+                    (c >> 1) ^ 0x82F6_3B78
+                } else {
+                    c >> 1
+                };
+            }
+            *entry = c;
+        }
+        t
+    });
+    let mut c = !crc;
+    for &byte in data {
+        c = table[((c ^ byte as u32) & 0xFF) as usize] ^ (c >> 8);
+    }
+    !c
+}
+
+// ---------------------------------------------------------------------------------------
+// Cluster links: certificates, the strait CLI, the admin HTTP API, a UDP relay
+
+/// A UDP port on 127.0.0.1 that was free a moment ago (the OS picked it).
+pub fn free_udp_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp 127.0.0.1:0");
+    s.local_addr().expect("local_addr").port()
+}
+
+/// Runs `strait ARGS...` (a CLI command, not a broker) and returns its output.
+pub fn strait_cli(args: &[&str]) -> Output {
+    Command::new(strait_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .env("STRAIT_LOG", "warn")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {} {args:?}: {e}", strait_bin().display()))
+}
+
+/// Runs `strait ARGS...`, panics (showing the command and its output) unless it succeeds,
+/// and returns its stdout.
+pub fn strait_cli_ok(args: &[&str]) -> String {
+    let out = strait_cli(args);
+    assert!(
+        out.status.success(),
+        "`strait {}` failed with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A test PKI made by `strait certs generate` in a temporary directory: `ca.pem`, `ca.key`
+/// and `<name>.pem` + `<name>.key` per agent name.
+pub struct LinkCerts {
+    dir: tempfile::TempDir,
+}
+
+impl LinkCerts {
+    /// Generates a new CA and one certificate per name; panics if the command fails or a
+    /// file is missing.
+    pub fn generate(names: &[&str]) -> LinkCerts {
+        let dir = tempfile::Builder::new()
+            .prefix("strait-certs-")
+            .tempdir()
+            .expect("create certs dir");
+        let out = dir.path().to_str().expect("utf-8 temp path").to_string();
+        let names_arg = names.join(",");
+        strait_cli_ok(&[
+            "certs", "generate", "--out", &out, "--names", &names_arg, "--force",
+        ]);
+        let certs = LinkCerts { dir };
+        let mut expected = vec![certs.ca(), certs.dir.path().join("ca.key")];
+        for name in names {
+            expected.push(certs.cert(name));
+            expected.push(certs.key(name));
+        }
+        for file in expected {
+            assert!(
+                file.is_file(),
+                "`strait certs generate` did not write {}",
+                file.display()
+            );
+        }
+        certs
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The CA certificate (PEM).
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// The certificate of agent `name` (PEM).
+    pub fn cert(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.pem"))
+    }
+
+    /// The private key of agent `name` (PEM).
+    pub fn key(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.key"))
+    }
+
+    /// `--link-ca`, `--link-cert`, `--link-key` for agent `name`, trusting this CA.
+    pub fn tls_args(&self, name: &str) -> Vec<String> {
+        link_tls_args(&self.ca(), &self.cert(name), &self.key(name))
+    }
+}
+
+/// `--link-ca CA --link-cert CERT --link-key KEY` (the three may come from different PKIs).
+pub fn link_tls_args(ca: &Path, cert: &Path, key: &Path) -> Vec<String> {
+    vec![
+        "--link-ca".to_string(),
+        ca.display().to_string(),
+        "--link-cert".to_string(),
+        cert.display().to_string(),
+        "--link-key".to_string(),
+        key.display().to_string(),
+    ]
+}
+
+/// Largest HTTP answer [`http_request`] accepts.
+const MAX_HTTP_RESPONSE_BYTES: u64 = 64 << 20;
+
+/// One blocking HTTP/1.1 request (`Connection: close`) to `addr` (`host:port`); returns the
+/// status code and the body. Connect timeout 5 s, read/write timeouts 30 s.
+pub fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    let sock: std::net::SocketAddr = addr.parse().with_context(|| format!("address {addr}"))?;
+    let mut stream = TcpStream::connect_timeout(&sock, Duration::from_secs(5))
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(30)))?;
+    let body = body.unwrap_or("");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n\
+         Connection: close\r\n"
+    );
+    if !body.is_empty() || method == "POST" {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream
+        .write_all(request.as_bytes())
+        .context("sending the request")?;
+    let mut response = Vec::new();
+    (&mut stream)
+        .take(MAX_HTTP_RESPONSE_BYTES + 1)
+        .read_to_end(&mut response)
+        .context("reading the answer")?;
+    ensure!(
+        (response.len() as u64) <= MAX_HTTP_RESPONSE_BYTES,
+        "answer larger than {MAX_HTTP_RESPONSE_BYTES} bytes"
+    );
+    let head_end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no complete HTTP header block")?;
+    let head = String::from_utf8_lossy(&response[..head_end]).into_owned();
+    let status_line = head.lines().next().unwrap_or_default();
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad status line {status_line:?}"))?;
+    let content_length = head.lines().skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        if name.trim().eq_ignore_ascii_case("content-length") {
+            value.trim().parse::<usize>().ok()
+        } else {
+            None
+        }
+    });
+    let rest = &response[head_end + 4..];
+    let body = match content_length {
+        Some(n) => rest
+            .get(..n)
+            .with_context(|| format!("body shorter than Content-Length {n}"))?,
+        None => rest,
+    };
+    Ok((status, String::from_utf8_lossy(body).into_owned()))
+}
+
+/// A blocking client of a broker's admin HTTP API (links, mirrors, metrics).
+#[derive(Debug, Clone)]
+pub struct AdminApi {
+    pub addr: String,
+}
+
+impl AdminApi {
+    pub fn new(addr: &str) -> AdminApi {
+        AdminApi {
+            addr: addr.to_string(),
+        }
+    }
+
+    /// GETs `path` and parses the JSON body; errors on a non-2xx answer (with its body).
+    pub fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let (status, body) = http_request(&self.addr, "GET", path, None)?;
+        ensure!(
+            (200..300).contains(&status),
+            "GET {path}: HTTP {status}: {body}"
+        );
+        serde_json::from_str(&body).with_context(|| format!("GET {path}: not JSON: {body}"))
+    }
+
+    /// `GET /v1/links/NAME`: the link's status (LinkStatus as JSON).
+    pub fn link_status(&self, name: &str) -> anyhow::Result<serde_json::Value> {
+        self.get_json(&format!("/v1/links/{name}"))
+    }
+
+    /// `GET /metrics`: the Prometheus text.
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        let (status, body) = http_request(&self.addr, "GET", "/metrics", None)?;
+        ensure!(status == 200, "GET /metrics: HTTP {status}: {body}");
+        Ok(body)
+    }
+}
+
+/// Sessions (distinct client addresses) a [`UdpRelay`] serves at most; datagrams from
+/// further clients are dropped.
+pub const UDP_RELAY_MAX_SESSIONS: usize = 64;
+
+/// A UDP relay on 127.0.0.1 (std threads) between QUIC clients and one upstream address:
+/// each client address gets its own upstream socket, and datagrams are forwarded both ways
+/// unless the relay is switched to drop everything (a network partition). Dropping it stops
+/// its threads.
+pub struct UdpRelay {
+    addr: std::net::SocketAddr,
+    dropping: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    forwarded: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    main_thread: Option<std::thread::JoinHandle<()>>,
+    session_threads: std::sync::Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>>,
+}
+
+impl UdpRelay {
+    /// Binds a free port and starts relaying to `upstream`.
+    pub fn start(upstream: std::net::SocketAddr) -> UdpRelay {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::{Arc, Mutex};
+        let front = Arc::new(std::net::UdpSocket::bind("127.0.0.1:0").expect("bind relay"));
+        front
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("relay read timeout");
+        let addr = front.local_addr().expect("relay addr");
+        let dropping = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let forwarded = Arc::new(AtomicU64::new(0));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let threads: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>> = Arc::default();
+        let (drop_flag, halt, fwd, drp, spawned) = (
+            dropping.clone(),
+            stop.clone(),
+            forwarded.clone(),
+            dropped.clone(),
+            threads.clone(),
+        );
+        let main = std::thread::spawn(move || {
+            let mut sessions: HashMap<std::net::SocketAddr, Arc<std::net::UdpSocket>> =
+                HashMap::new();
+            let mut buf = vec![0u8; 65_536];
+            while !halt.load(Ordering::SeqCst) {
+                let (n, client) = match front.recv_from(&mut buf) {
+                    Ok(r) => r,
+                    Err(_) => continue, // timeout: check the stop flag
+                };
+                if drop_flag.load(Ordering::SeqCst) {
+                    drp.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let up = match sessions.get(&client) {
+                    Some(s) => s.clone(),
+                    None => {
+                        if sessions.len() >= UDP_RELAY_MAX_SESSIONS {
+                            drp.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        let up = Arc::new(
+                            std::net::UdpSocket::bind("127.0.0.1:0").expect("bind relay upstream"),
+                        );
+                        up.connect(upstream).expect("connect relay upstream");
+                        up.set_read_timeout(Some(Duration::from_millis(100)))
+                            .expect("relay read timeout");
+                        sessions.insert(client, up.clone());
+                        let (back, front2) = (up.clone(), front.clone());
+                        let (drop2, halt2, fwd2, drp2) =
+                            (drop_flag.clone(), halt.clone(), fwd.clone(), drp.clone());
+                        let t = std::thread::spawn(move || {
+                            let mut buf = vec![0u8; 65_536];
+                            while !halt2.load(Ordering::SeqCst) {
+                                let n = match back.recv(&mut buf) {
+                                    Ok(n) => n,
+                                    Err(_) => continue, // timeout, or upstream not bound (ICMP)
+                                };
+                                if drop2.load(Ordering::SeqCst) {
+                                    drp2.fetch_add(1, Ordering::Relaxed);
+                                    continue;
+                                }
+                                if front2.send_to(&buf[..n], client).is_ok() {
+                                    fwd2.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        });
+                        spawned.lock().unwrap().push(t);
+                        up
+                    }
+                };
+                // An error here is an upstream that is down (ICMP port unreachable): the
+                // datagram is lost, as on a real network.
+                if up.send(&buf[..n]).is_ok() {
+                    fwd.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        UdpRelay {
+            addr,
+            dropping,
+            stop,
+            forwarded,
+            dropped,
+            main_thread: Some(main),
+            session_threads: threads,
+        }
+    }
+
+    /// The address clients send to.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// While true, every datagram in either direction is dropped.
+    pub fn set_dropping(&self, dropping: bool) {
+        self.dropping
+            .store(dropping, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Datagrams forwarded so far (both directions).
+    pub fn forwarded(&self) -> u64 {
+        self.forwarded.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Datagrams dropped so far (both directions).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for UdpRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Every thread wakes up within its 100 ms read timeout and sees the flag. The main
+        // thread is joined first, so no session thread is added after the list is taken.
+        if let Some(t) = self.main_thread.take() {
+            let _ = t.join();
+        }
+        let sessions = std::mem::take(
+            &mut *self
+                .session_threads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for t in sessions {
+            let _ = t.join();
+        }
+    }
 }
