@@ -125,6 +125,10 @@ struct BrokerArgs {
     /// This broker's link private key (PEM).
     #[arg(long, requires_all = ["link_ca", "link_cert"])]
     link_key: Option<PathBuf>,
+    /// QUIC congestion controller of this broker's links: `bbr` (default; holds its rate under
+    /// random WAN loss) or `cubic` (loss-based, like TCP).
+    #[arg(long, default_value = "bbr")]
+    link_congestion: mirror_protocol::Congestion,
     /// Test knob: the link protocol versions this agent speaks, `MIN-MAX`.
     #[arg(long, hide = true)]
     link_protocol_versions: Option<String>,
@@ -308,6 +312,7 @@ async fn start_link_agent(
     };
     let mut options = agent::AgentOptions {
         identity,
+        congestion: args.link_congestion,
         ..agent::AgentOptions::default()
     };
     if let Some(v) = &args.link_protocol_versions {

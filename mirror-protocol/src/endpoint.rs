@@ -171,6 +171,31 @@ pub struct TransportSettings {
     pub segmentation_offload: bool,
     /// Bidirectional streams a peer may open at once; default 256.
     pub max_concurrent_streams: u32,
+    /// Congestion controller; default BBR (random WAN loss does not collapse its rate the way
+    /// it collapses loss-based Cubic's: measured in bench/linkbench).
+    pub congestion: Congestion,
+}
+
+/// Which congestion controller QUIC uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Congestion {
+    /// Loss-based (quinn's default, like Linux TCP).
+    Cubic,
+    /// Model-based (bandwidth and RTT estimates); quinn marks it experimental.
+    Bbr,
+}
+
+impl std::str::FromStr for Congestion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "cubic" => Ok(Congestion::Cubic),
+            "bbr" => Ok(Congestion::Bbr),
+            other => Err(format!(
+                "unknown congestion controller {other:?} (cubic or bbr)"
+            )),
+        }
+    }
 }
 
 impl Default for TransportSettings {
@@ -182,6 +207,7 @@ impl Default for TransportSettings {
             keep_alive: Duration::from_secs(2),
             segmentation_offload: false,
             max_concurrent_streams: 256,
+            congestion: Congestion::Bbr,
         }
     }
 }
@@ -204,10 +230,17 @@ impl TransportSettings {
     }
 }
 
-/// Transport parameters for both ends (Cubic congestion control, quinn's default).
+/// Transport parameters for both ends.
 pub fn transport_config(t: &TransportSettings) -> quinn::TransportConfig {
     let var_int = |value: u64| VarInt::from_u64(value).unwrap_or(VarInt::MAX);
     let mut config = quinn::TransportConfig::default();
+    match t.congestion {
+        Congestion::Cubic => config
+            .congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default())),
+        Congestion::Bbr => {
+            config.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+        }
+    };
     config
         .stream_receive_window(var_int(t.stream_window()))
         .receive_window(var_int(t.connection_window()))

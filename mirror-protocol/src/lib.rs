@@ -21,7 +21,8 @@ mod packer;
 
 pub use data::{Data, DataEntry, CODEC_NONE, CODEC_ZSTD};
 pub use endpoint::{
-    client_config, server_config, transport_config, Identity, TransportSettings, MAX_PEM_BYTES,
+    client_config, server_config, transport_config, Congestion, Identity, TransportSettings,
+    MAX_PEM_BYTES,
 };
 pub use error::{ErrorCode, ProtocolError, TlsError};
 pub use filter::{CompiledFilter, TopicFilter};

@@ -120,10 +120,11 @@ fn looks_like_tls_failure(message: &str) -> bool {
     m.contains("certificate") || m.contains("cryptographic handshake") || m.contains("tls")
 }
 
-pub fn transport_settings(spec: &LinkSpec) -> TransportSettings {
+pub fn transport_settings(agent: &AgentShared, spec: &LinkSpec) -> TransportSettings {
     TransportSettings {
         rtt: Duration::from_millis(spec.rtt_ms.max(1)),
         bandwidth_bytes_per_sec: spec.bandwidth_mbit.max(1) * 1_000_000 / 8,
+        congestion: agent.congestion,
         ..TransportSettings::default()
     }
 }
@@ -150,7 +151,7 @@ async fn connect_and_mirror(
         .with_context(|| format!("cannot resolve the source address {}", spec.source_addr))?
         .next()
         .ok_or_else(|| anyhow!("{} resolves to no address", spec.source_addr))?;
-    let client = mirror_protocol::client_config(identity, &transport_settings(spec))
+    let client = mirror_protocol::client_config(identity, &transport_settings(agent, spec))
         .map_err(|e| Fatal(format!("link TLS configuration: {e}")))?;
     let bind: SocketAddr = if remote.is_ipv6() {
         "[::]:0".parse()?
@@ -430,6 +431,34 @@ async fn run_lane(
         &mut scratch,
     )
     .await?;
+    // Acks are written by their own task once the records are durable, so reading and
+    // appending the next frame does not wait for this one's fsync. The channel is bounded:
+    // if fsyncs fall behind, reading pauses (and QUIC flow control then slows the source).
+    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::channel::<Vec<(Arc<Partition>, i64)>>(64);
+    let ack_notify = notify.clone();
+    let mut acker = AbortOnDrop(tokio::spawn(async move {
+        let mut scratch = Vec::new();
+        while let Some(appended) = ack_rx.recv().await {
+            let mut entries = Vec::with_capacity(appended.len());
+            for (p, end) in appended {
+                p.wait_durable(end, fsync, &ack_notify).await?;
+                entries.push(AckEntry {
+                    topic: p.topic.clone(),
+                    partition: p.index,
+                    durable: SourceOffset(end),
+                });
+            }
+            write_frame(
+                &mut send,
+                &Frame::Ack(Ack { entries }),
+                &EncodeOptions::default(),
+                &limits,
+                &mut scratch,
+            )
+            .await?;
+        }
+        anyhow::Ok(())
+    }));
     loop {
         let Some((frame, wire)) = read_frame(&mut recv, &limits).await? else {
             return Ok(());
@@ -478,25 +507,22 @@ async fn run_lane(
                 records,
             );
         }
-        if appended.is_empty() {
-            continue;
+        if !appended.is_empty() && ack_tx.send(appended).await.is_err() {
+            // The ack task ended: it failed (durability or the stream); report why.
+            return match (&mut acker.0).await {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(())) => bail!("the ack task stopped"),
+                Err(e) => bail!("the ack task failed: {e}"),
+            };
         }
-        let mut acks = Vec::with_capacity(appended.len());
-        for (p, end) in appended {
-            p.wait_durable(end, fsync, &notify).await?;
-            acks.push(AckEntry {
-                topic: p.topic.clone(),
-                partition: p.index,
-                durable: SourceOffset(end),
-            });
-        }
-        write_frame(
-            &mut send,
-            &Frame::Ack(Ack { entries: acks }),
-            &plain,
-            &limits,
-            &mut scratch,
-        )
-        .await?;
+    }
+}
+
+/// Aborts a task when dropped (a lane's ack writer ends with the lane).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

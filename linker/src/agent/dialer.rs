@@ -37,7 +37,7 @@ async fn dial_and_serve(
         .with_context(|| format!("cannot resolve the destination address {destination}"))?
         .next()
         .ok_or_else(|| anyhow!("{destination} resolves to no address"))?;
-    let client = mirror_protocol::client_config(identity, &transport_settings(spec))
+    let client = mirror_protocol::client_config(identity, &transport_settings(agent, spec))
         .map_err(|e| Fatal(format!("link TLS configuration: {e}")))?;
     let bind: SocketAddr = if remote.is_ipv6() {
         "[::]:0".parse()?

@@ -20,7 +20,9 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use broker_core::Broker;
-use mirror_protocol::{Identity, Limits, TopicFilter, TransportSettings, PROTOCOL_VERSION};
+use mirror_protocol::{
+    Congestion, Identity, Limits, TopicFilter, TransportSettings, PROTOCOL_VERSION,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -40,6 +42,8 @@ pub struct AgentShared {
     pub inbound: Mutex<HashMap<String, mpsc::Sender<Inbound>>>,
     /// The link listener's address, once listening.
     pub listening: Mutex<Option<SocketAddr>>,
+    /// QUIC congestion controller for every link of this broker.
+    pub congestion: Congestion,
 }
 
 /// A connection a source dialled in on, handed to its source-initiated link after the
@@ -69,6 +73,7 @@ pub struct LinkManager {
 pub struct AgentOptions {
     pub identity: Option<Identity>,
     pub versions: (u16, u16),
+    pub congestion: Congestion,
 }
 
 impl Default for AgentOptions {
@@ -76,6 +81,7 @@ impl Default for AgentOptions {
         AgentOptions {
             identity: None,
             versions: (PROTOCOL_VERSION, PROTOCOL_VERSION),
+            congestion: Congestion::Bbr,
         }
     }
 }
@@ -96,6 +102,7 @@ impl LinkManager {
             versions: options.versions,
             inbound: Mutex::new(HashMap::new()),
             listening: Mutex::new(None),
+            congestion: options.congestion,
         });
         let manager = Arc::new(LinkManager {
             agent,
@@ -121,7 +128,11 @@ impl LinkManager {
         let identity = self.agent.identity.as_ref().context(
             "--link-listen needs this broker's link certificate: add --link-ca, --link-cert and --link-key (`strait certs generate` makes test ones)",
         )?;
-        let config = mirror_protocol::server_config(identity, &TransportSettings::default())
+        let settings = TransportSettings {
+            congestion: self.agent.congestion,
+            ..TransportSettings::default()
+        };
+        let config = mirror_protocol::server_config(identity, &settings)
             .context("building the link listener's TLS configuration")?;
         let socket = std::net::UdpSocket::bind(addr)
             .with_context(|| format!("cannot listen for links on {addr} (UDP)"))?;
