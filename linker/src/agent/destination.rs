@@ -23,7 +23,7 @@ use mirror_protocol::{
 use quinn::Connection;
 use tokio::task::JoinSet;
 
-use super::framing::{read_frame, write_frame};
+use super::framing::{read_frame, read_frame_budgeted, write_frame};
 use super::status::LinkShared;
 use super::AgentShared;
 use crate::model::{LinkSpec, LinkState};
@@ -460,15 +460,16 @@ async fn run_lane(
         anyhow::Ok(())
     }));
     loop {
-        let Some((frame, wire)) = read_frame(&mut recv, &limits).await? else {
+        let Some(read) = read_frame_budgeted(&mut recv, &limits, &agent.frame_budget).await? else {
             return Ok(());
         };
-        let data = match frame {
+        let wire = read.wire_bytes;
+        let data = match &read.frame {
             Frame::Data(d) => d,
             Frame::Error(e) => bail!("the source reported {:?}: {}", e.code, e.message),
             other => bail!(
                 "protocol error: unexpected {} on a data stream",
-                super::source::frame_name(&other)
+                super::source::frame_name(other)
             ),
         };
         shared.wire_bytes.fetch_add(wire, Ordering::Relaxed);

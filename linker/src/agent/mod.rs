@@ -44,6 +44,8 @@ pub struct AgentShared {
     pub listening: Mutex<Option<SocketAddr>>,
     /// QUIC congestion controller for every link of this broker.
     pub congestion: Congestion,
+    /// Memory all data streams may hold in frames at once (see `framing::MEMORY_BUDGET_KIB`).
+    pub frame_budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// A connection a source dialled in on, handed to its source-initiated link after the
@@ -103,6 +105,7 @@ impl LinkManager {
             inbound: Mutex::new(HashMap::new()),
             listening: Mutex::new(None),
             congestion: options.congestion,
+            frame_budget: Arc::new(tokio::sync::Semaphore::new(framing::MEMORY_BUDGET_KIB)),
         });
         let manager = Arc::new(LinkManager {
             agent,
