@@ -30,7 +30,14 @@ use crate::model::{LinkSpec, LinkState};
 
 /// How often the destination asks the source for topic metadata.
 const METADATA_INTERVAL: Duration = Duration::from_millis(1000);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A source sends data or progress on every stream at least once a second; this much silence
+/// (on a data stream, or for a metadata answer) means the path is gone even if QUIC has not
+/// given up yet (after a long partition its probe timeouts have backed off to seconds), so the
+/// link redials rather than wait.
+const SILENCE_LIMIT: Duration = Duration::from_secs(5);
+/// Longest a QUIC handshake may take before the attempt is abandoned and retried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const FATAL_BACKOFF: Duration = Duration::from_secs(30);
 
 /// An error retrying will not fix without a change (certificates, versions, refusal).
@@ -172,10 +179,12 @@ async fn mirror_over(
     spec: &LinkSpec,
     shared: &Arc<LinkShared>,
 ) -> Result<()> {
-    let conn = endpoint
+    let connecting = endpoint
         .connect(remote, &spec.server_name)
-        .context("starting the connection")?
+        .context("starting the connection")?;
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
+        .map_err(|_| anyhow!("no answer from the source at {remote} within {CONNECT_TIMEOUT:?}"))?
         .with_context(|| format!("connecting to the source at {remote}"))?;
     let (mut send, mut recv) = conn.open_bi().await.context("opening the control stream")?;
     let limits = agent.limits;
@@ -242,7 +251,10 @@ async fn mirror_established(
         tokio::select! {
             _ = ticker.tick() => {
                 write_frame(&mut send, &Frame::TopicsRequest(TopicsRequest { filter: filter.clone() }), &plain, &limits, &mut scratch).await?;
-                let topics = match read_frame(&mut recv, &limits).await? {
+                let answer = tokio::time::timeout(SILENCE_LIMIT, read_frame(&mut recv, &limits))
+                    .await
+                    .map_err(|_| anyhow!("no metadata answer from the source within {SILENCE_LIMIT:?}"))??;
+                let topics = match answer {
                     Some((Frame::TopicsReply(reply), _)) => reply.topics,
                     Some((Frame::Error(e), _)) => return Err(Fatal(format!("the source rejected the topic selection: {}", e.message)).into()),
                     Some((other, _)) => bail!("protocol error: expected TopicsReply, got {}", super::source::frame_name(&other)),
@@ -460,7 +472,15 @@ async fn run_lane(
         anyhow::Ok(())
     }));
     loop {
-        let Some(read) = read_frame_budgeted(&mut recv, &limits, &agent.frame_budget).await? else {
+        let next = tokio::time::timeout(
+            SILENCE_LIMIT,
+            read_frame_budgeted(&mut recv, &limits, &agent.frame_budget),
+        )
+        .await
+        .map_err(|_| {
+            anyhow!("no data or progress from the source for {SILENCE_LIMIT:?} on a data stream")
+        })??;
+        let Some(read) = next else {
             return Ok(());
         };
         let wire = read.wire_bytes;

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use mirror_protocol::{capabilities, EncodeOptions, Frame, Hello, Role};
@@ -47,10 +48,12 @@ async fn dial_and_serve(
     let mut endpoint = quinn::Endpoint::client(bind).context("opening a UDP socket")?;
     endpoint.set_default_client_config(client);
     let result = async {
-        let conn = endpoint
+        let connecting = endpoint
             .connect(remote, &spec.server_name)
-            .context("starting the connection")?
+            .context("starting the connection")?;
+        let conn = tokio::time::timeout(Duration::from_secs(5), connecting)
             .await
+            .map_err(|_| anyhow!("no answer from the destination at {remote} within 5 s"))?
             .with_context(|| format!("connecting to the destination at {remote}"))?;
         let (mut send, mut recv) = conn.open_bi().await.context("opening the control stream")?;
         write_frame(

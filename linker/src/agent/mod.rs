@@ -139,8 +139,27 @@ impl LinkManager {
             .context("building the link listener's TLS configuration")?;
         let socket = std::net::UdpSocket::bind(addr)
             .with_context(|| format!("cannot listen for links on {addr} (UDP)"))?;
+        let secret = self.endpoint_secret()?;
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            &secret,
+        )));
+        // Connection ids are keyed from the same secret: after a restart the endpoint still
+        // recognises its old connection ids as its own and answers them with a stateless reset
+        // (with a per-process random key it drops them as invalid and the peer waits for its
+        // idle timeout).
+        let cid_key = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret),
+            b"strait connection ids",
+        );
+        let mut key = [0u8; 8];
+        key.copy_from_slice(&cid_key.as_ref()[..8]);
+        let cid_key = u64::from_be_bytes(key);
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::new(Arc::new(self.reset_key()?)),
+            endpoint_config,
             Some(config),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -157,10 +176,11 @@ impl LinkManager {
         Ok(bound)
     }
 
-    /// The key of QUIC stateless resets, kept in `<data-dir>/link-reset.key` so that after a
-    /// restart this broker can tell peers at once that their old connection is gone (they
-    /// reconnect immediately instead of waiting for the idle timeout).
-    fn reset_key(&self) -> Result<ring::hmac::Key> {
+    /// The secret behind QUIC stateless resets and connection ids, kept in
+    /// `<data-dir>/link-reset.key` so that after a restart this broker can tell peers at once
+    /// that their old connection is gone (they reconnect immediately instead of waiting for the
+    /// idle timeout).
+    fn endpoint_secret(&self) -> Result<Vec<u8>> {
         let path = self.agent.broker.config.data_dir.join("link-reset.key");
         let secret = match std::fs::read(&path) {
             Ok(bytes) if bytes.len() == 32 => bytes,
@@ -187,7 +207,7 @@ impl LinkManager {
                 fresh.to_vec()
             }
         };
-        Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret))
+        Ok(secret)
     }
 
     fn start(&self, spec: LinkSpec) {
