@@ -14,7 +14,9 @@
 //! * [`cluster`]: broker processes ([`cluster::Node`]) with start/kill/restart/pause and an
 //!   optional emulator in front, the unit scenarios are written against.
 //!
-//! Scenarios live in `tests/scenarios.rs`; results in `RESULTS.md`.
+//! Scenarios live in `tests/scenarios.rs` (a broker alone) and `tests/link_scenarios.rs` (a
+//! link between two brokers, [`cluster::LinkPair`], with the emulator between the agents);
+//! results in `RESULTS.md`.
 //!
 //! # Using the emulator
 //!
@@ -36,7 +38,8 @@
 //! # Tests
 //!
 //! `cargo test -p strait-chaos` runs the unit tests, the emulator self-tests (`tests/wan.rs`,
-//! ~11 s) and the scenarios (`tests/scenarios.rs`, ~55 s; needs the `strait` binary:
+//! ~11 s), the broker scenarios (`tests/scenarios.rs`, ~55 s) and the link scenarios
+//! (`tests/link_scenarios.rs`, ~75 s; both need the `strait` binary:
 //! `$STRAIT_BIN` or `target/release/strait`; the disk-full scenario needs root for `mount`
 //! and skips itself otherwise). `STRAIT_CHAOS_DURATION=300` gives the long form,
 //! `STRAIT_CHAOS_SEED` replays a run.

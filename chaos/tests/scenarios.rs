@@ -10,7 +10,7 @@
 //! appended to `$STRAIT_CHAOS_RESULTS` if set) for RESULTS.md.
 //!
 //! Link scenarios (kill source / destination, 30 s partition, 5 % loss, 200 ms RTT with
-//! jitter, duplicated and reordered datagrams) will reuse [`Scenario`]: two `Node`s, a
+//! jitter, duplicated and reordered datagrams) are in `link_scenarios.rs`: two `Node`s, a
 //! `UdpRelay` between the link agents, and the same workload and checker.
 
 use std::io::Write;

@@ -5,7 +5,7 @@
 //! * `mirror_million_records_mixed_codecs`: a million records in five codecs are mirrored at
 //!   the same offsets with the same keys, values, headers and timestamps, and west's segment
 //!   files hold exactly east's bytes.
-//! * `link_survives_kills_and_disconnects`: SIGKILL of either broker and a 3 s network black
+//! * `link_survives_kills_and_disconnects`: SIGKILL of either broker and a 7 s network black
 //!   hole (a UDP relay) while a producer writes; at the end west equals east exactly.
 //! * `new_topics_partitions_and_configs_follow`: topics created later, added partitions and
 //!   changed configs reach west within seconds.
@@ -951,16 +951,18 @@ fn link_survives_kills_and_disconnects() {
     println!("[link_survives] west mirrors again {resumed:?} after east's restart");
     allowed.store(TOTAL as u64, Ordering::SeqCst);
 
-    // --- black-hole the link for 3 s
+    // --- black-hole the link for 7 s: longer than the agent's 5 s silence watchdog, so the
+    // QUIC connection is given up and a new one dialled (a dropped connection).
     let cut_at = 2 * PHASE as i64 + rng.range(20_000, 60_000) as i64;
     wait_mirrored("before the partition", cut_at, Duration::from_secs(60));
+    let connects_before = int(&admin.link_status("kills").expect("status"), "connects");
     relay.set_dropping(true);
     let dropped_before = relay.dropped();
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(7));
     relay.set_dropping(false);
     let before = mirrored(&admin).unwrap_or(cut_at);
     println!(
-        "[link_survives] relay dropped {} datagrams for 3 s after ~{cut_at} mirrored records",
+        "[link_survives] relay dropped {} datagrams for 7 s after ~{cut_at} mirrored records",
         relay.dropped() - dropped_before
     );
     let resumed = wait_mirrored(
@@ -969,6 +971,11 @@ fn link_survives_kills_and_disconnects() {
         Duration::from_secs(90),
     );
     println!("[link_survives] west mirrors again {resumed:?} after the partition healed");
+    let status = admin.link_status("kills").expect("status");
+    assert!(
+        int(&status, "connects") > connects_before,
+        "the dropped connection should have been replaced by a new one: {status}"
+    );
 
     // --- the end: west equals east
     let results = producer.join().expect("producer thread");

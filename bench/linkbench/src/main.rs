@@ -766,7 +766,8 @@ fn main() -> Result<()> {
 
     let mut report = String::new();
     let mut link_mbps_noloss = Vec::new();
-    let mut results: Vec<(f64, f64, f64, f64)> = Vec::new(); // loss, link, relay, quinn (MB/s)
+    // loss, link (source MB/s), link (wire MB/s), relay, quinn
+    let mut results: Vec<(f64, f64, f64, f64, f64)> = Vec::new();
     let losses: Vec<f64> = args
         .losses
         .split(',')
@@ -775,6 +776,7 @@ fn main() -> Result<()> {
         .context("--losses: comma-separated fractions, e.g. 0,0.005")?;
     for &loss in &losses {
         let mut link_v = Vec::new();
+        let mut link_wire_v = Vec::new();
         let mut relay_v = Vec::new();
         let mut quinn_v = Vec::new();
         for round in 0..args.rounds {
@@ -813,6 +815,7 @@ fn main() -> Result<()> {
             drop(relay);
             drop(dest);
             link_v.push(run.source_bytes as f64 / run.seconds / 1e6);
+            link_wire_v.push(run.wire_bytes as f64 / run.seconds / 1e6);
             if loss == 0.0 {
                 link_mbps_noloss.push(run.source_bytes as f64 / run.seconds / 1e6);
             }
@@ -850,20 +853,21 @@ fn main() -> Result<()> {
         results.push((
             loss,
             median(&mut link_v),
+            median(&mut link_wire_v),
             median(&mut relay_v),
             median(&mut quinn_v),
         ));
     }
     report.push_str(&format!(
-        "\n## Throughput, {} MB of lz4 batches ({} records, 6 partitions), {} ms RTT, QUIC congestion control {:?}, medians of {} rounds\n\n| loss | link MB/s | relay MB/s | raw quinn MB/s | link / relay | link / quinn |\n|---|---:|---:|---:|---:|---:|\n",
+        "\n## Throughput, {} MB of lz4 batches ({} records, 6 partitions), {} ms RTT, QUIC congestion control {:?}, medians of {} rounds\n\n| loss | link MB/s (source bytes) | link MB/s on the wire | relay MB/s | raw quinn MB/s | link / relay | link wire / quinn |\n|---|---:|---:|---:|---:|---:|---:|\n",
         source_bytes_lz4 / 1_000_000, lz4_records, args.rtt_ms, args.congestion, args.rounds
     ));
-    for (loss, link, relay, quinn) in &results {
+    for (loss, link, link_wire, relay, quinn) in &results {
         report.push_str(&format!(
-            "| {:.1} % | {link:.1} | {relay:.1} | {quinn:.1} | {:.2}x | {:.2} |\n",
+            "| {:.1} % | {link:.1} | {link_wire:.1} | {relay:.1} | {quinn:.1} | {:.2}x | {:.2} |\n",
             loss * 100.0,
             link / relay,
-            link / quinn
+            link_wire / quinn
         ));
     }
 
