@@ -466,6 +466,21 @@ fn join(producer: JoinHandle<Result<WorkloadOutcome, String>>, name: &str) -> Wo
     }
 }
 
+/// Joins the producer while still timing pending recoveries, so the last fault's recovery is
+/// measured when it happens, not when the load ends.
+fn join_polling(
+    s: &mut LinkScenario,
+    pair: &LinkPair,
+    producer: JoinHandle<Result<WorkloadOutcome, String>>,
+    name: &str,
+) -> WorkloadOutcome {
+    while !producer.is_finished() {
+        s.poll_recoveries(pair);
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    join(producer, name)
+}
+
 /// Scenarios 1 and 2: SIGKILL one side at seeded moments while producing, restart it.
 fn kill_scenario(name: &'static str, topic: &str, kill_east: bool) {
     let mut s = LinkScenario::new(name, topic);
@@ -502,7 +517,7 @@ fn kill_scenario(name: &'static str, topic: &str, kill_east: bool) {
         );
         s.fault_ended(&pair, &format!("kill {}", i + 1));
     }
-    let outcome = join(producer, name);
+    let outcome = join_polling(&mut s, &pair, producer, name);
     s.drain_recoveries(&pair);
     s.finish(&pair, &[outcome], false);
 }
@@ -554,7 +569,7 @@ fn link_3_kill_source_mid_transaction_mirrors_exactly_the_committed() {
         );
         s.fault_ended(&pair, &format!("kill {}", i + 1));
     }
-    let outcome = join(producer, name);
+    let outcome = join_polling(&mut s, &pair, producer, name);
     s.drain_recoveries(&pair);
     println!(
         "[{name}] {} committed, {} aborted transactions",
@@ -603,7 +618,7 @@ fn link_4_wan_partition_then_heal_loses_nothing() {
     pair.wan().heal();
     s.fault_ended(&pair, &format!("partition {} s", cut.as_secs()));
     s.notes.push(format!("partition {} s", cut.as_secs()));
-    let outcome = join(producer, name);
+    let outcome = join_polling(&mut s, &pair, producer, name);
     s.drain_recoveries(&pair);
     s.finish(&pair, &[outcome], false);
 }

@@ -217,6 +217,18 @@ fn start_relay(
     } else {
         format!("127.0.0.1:{}", free_tcp_port()?)
     };
+    start_relay_at(args, work, kind, &listen, target, loss)
+}
+
+/// Starts the WAN emulator relaying `kind` ("udp"/"tcp") from `listen` to `target`.
+fn start_relay_at(
+    args: &Args,
+    work: &Path,
+    kind: &str,
+    listen: &str,
+    target: &str,
+    loss: f64,
+) -> Result<(Proc, String)> {
     let settings = format!(
         r#"{{"delay_ms": {}, "loss": {loss}}}"#,
         args.rtt_ms as f64 / 2.0
@@ -227,7 +239,7 @@ fn start_relay(
         .args([
             kind,
             "--listen",
-            &listen,
+            listen,
             "--target",
             target,
             "--settings",
@@ -245,7 +257,7 @@ fn start_relay(
     };
     if kind == "tcp" {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(&listen).is_err() {
+        while TcpStream::connect(listen).is_err() {
             if Instant::now() > deadline {
                 bail!("tcp relay on {listen} did not start");
             }
@@ -254,7 +266,7 @@ fn start_relay(
     } else {
         std::thread::sleep(Duration::from_millis(500));
     }
-    Ok((proc, listen))
+    Ok((proc, listen.to_string()))
 }
 
 /// Resident and peak resident memory of a process, in MiB (from /proc).
@@ -822,7 +834,8 @@ fn main() -> Result<()> {
             // (b) the relay
             let dest = start_broker(&args, &work, "west2", false, None)?;
             create_topic(&dest.kafka, "bench.lz4", partitions)?;
-            let (relay, _) = start_relay_at(&args, &work, &tcp_relay_addr, &east.kafka, loss)?;
+            let (relay, _) =
+                start_relay_at(&args, &work, "tcp", &tcp_relay_addr, &east.kafka, loss)?;
             let r = run_relay(
                 &tcp_relay_addr,
                 &dest.kafka,
@@ -1002,48 +1015,6 @@ fn main() -> Result<()> {
     std::fs::write(work.join("report.md"), &report)?;
     println!("(report also in {})", work.join("report.md").display());
     Ok(())
-}
-
-/// A TCP relay listening on a given address (east advertises it).
-fn start_relay_at(
-    args: &Args,
-    work: &Path,
-    listen: &str,
-    target: &str,
-    loss: f64,
-) -> Result<(Proc, String)> {
-    let settings = format!(
-        r#"{{"delay_ms": {}, "loss": {loss}}}"#,
-        args.rtt_ms as f64 / 2.0
-    );
-    let log = std::fs::File::create(work.join("relay-tcp.log"))?;
-    let child = Command::new(&args.chaos)
-        .args([
-            "tcp",
-            "--listen",
-            listen,
-            "--target",
-            target,
-            "--settings",
-            &settings,
-            "--seed",
-            "7",
-        ])
-        .stdout(Stdio::from(log.try_clone()?))
-        .stderr(Stdio::from(log))
-        .spawn()?;
-    let proc = Proc {
-        child,
-        name: "tcp relay".into(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(listen).is_err() {
-        if Instant::now() > deadline {
-            bail!("tcp relay on {listen} did not start");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok((proc, listen.to_string()))
 }
 
 fn clean_wests(work: &Path) {

@@ -17,8 +17,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use broker_core::broker::{NewTopic, Partition};
 use broker_core::config::TopicConfig;
 use mirror_protocol::{
-    capabilities, Ack, AckEntry, EncodeOptions, Frame, Hello, Role, SourceOffset, StreamOptions,
-    Subscribe, SubscribePartition, TopicFilter, TopicInfo, TopicsRequest, TransportSettings,
+    capabilities, Ack, AckEntry, EncodeOptions, Frame, Hello, HelloOk, Role, SourceOffset,
+    StreamOptions, Subscribe, SubscribePartition, TopicFilter, TopicInfo, TopicsRequest,
+    TransportSettings,
 };
 use quinn::Connection;
 use tokio::task::JoinSet;
@@ -149,15 +150,50 @@ async fn connect_and_mirror(
     spec: &LinkSpec,
     shared: &Arc<LinkShared>,
 ) -> Result<()> {
+    let dialled = dial(agent, spec, &spec.source_addr, Role::Destination).await?;
+    tracing::info!(link = %spec.name, source_cluster = %dialled.hello_ok.cluster_id, version = dialled.hello_ok.version, "link connected to the source");
+    shared.connected(dialled.hello_ok.cluster_id.clone());
+    let result = mirror_established(
+        dialled.conn,
+        dialled.send,
+        dialled.recv,
+        agent,
+        spec,
+        shared,
+    )
+    .await;
+    dialled
+        .endpoint
+        .close(quinn::VarInt::from_u32(0), b"link stopped");
+    result
+}
+
+/// A connection this agent dialled, past the handshake.
+pub struct Dialled {
+    pub endpoint: quinn::Endpoint,
+    pub conn: Connection,
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+    pub hello_ok: HelloOk,
+}
+
+/// Dials the peer agent at `addr` (the source, or for a source-initiated link the
+/// destination), opens the control stream and says Hello as `role`. Certificate, version and
+/// refusal errors are [`Fatal`]; the caller closes `endpoint` when done with the connection.
+pub async fn dial(agent: &AgentShared, spec: &LinkSpec, addr: &str, role: Role) -> Result<Dialled> {
+    let peer = match role {
+        Role::Destination => "source",
+        Role::Source => "destination",
+    };
     let identity = agent
         .identity
         .as_ref()
         .ok_or_else(|| Fatal("this broker has no link certificate: start it with --link-ca, --link-cert and --link-key".into()))?;
-    let remote: SocketAddr = tokio::net::lookup_host(&spec.source_addr)
+    let remote: SocketAddr = tokio::net::lookup_host(addr)
         .await
-        .with_context(|| format!("cannot resolve the source address {}", spec.source_addr))?
+        .with_context(|| format!("cannot resolve the {peer} address {addr}"))?
         .next()
-        .ok_or_else(|| anyhow!("{} resolves to no address", spec.source_addr))?;
+        .ok_or_else(|| anyhow!("{addr} resolves to no address"))?;
     let client = mirror_protocol::client_config(identity, &transport_settings(agent, spec))
         .map_err(|e| Fatal(format!("link TLS configuration: {e}")))?;
     let bind: SocketAddr = if remote.is_ipv6() {
@@ -167,66 +203,69 @@ async fn connect_and_mirror(
     };
     let mut endpoint = quinn::Endpoint::client(bind).context("opening a UDP socket")?;
     endpoint.set_default_client_config(client);
-    let result = mirror_over(&endpoint, remote, agent, spec, shared).await;
-    endpoint.close(quinn::VarInt::from_u32(0), b"link stopped");
-    result
-}
-
-async fn mirror_over(
-    endpoint: &quinn::Endpoint,
-    remote: SocketAddr,
-    agent: &Arc<AgentShared>,
-    spec: &LinkSpec,
-    shared: &Arc<LinkShared>,
-) -> Result<()> {
-    let connecting = endpoint
-        .connect(remote, &spec.server_name)
-        .context("starting the connection")?;
-    let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+    let handshake = async {
+        let connecting = endpoint
+            .connect(remote, &spec.server_name)
+            .context("starting the connection")?;
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| {
+                anyhow!("no answer from the {peer} at {remote} within {CONNECT_TIMEOUT:?}")
+            })?
+            .with_context(|| format!("connecting to the {peer} at {remote}"))?;
+        let (mut send, mut recv) = conn.open_bi().await.context("opening the control stream")?;
+        let capabilities = match role {
+            Role::Destination => capabilities::ZSTD,
+            Role::Source => capabilities::ZSTD | capabilities::SOURCE_INITIATED,
+        };
+        write_frame(
+            &mut send,
+            &Frame::Hello(Hello {
+                min_version: agent.versions.0,
+                max_version: agent.versions.1,
+                link_name: spec.name.clone(),
+                cluster_id: agent.broker.cluster_id.clone(),
+                role,
+                capabilities,
+            }),
+            &EncodeOptions::default(),
+            &agent.limits,
+            &mut Vec::new(),
+        )
         .await
-        .map_err(|_| anyhow!("no answer from the source at {remote} within {CONNECT_TIMEOUT:?}"))?
-        .with_context(|| format!("connecting to the source at {remote}"))?;
-    let (mut send, mut recv) = conn.open_bi().await.context("opening the control stream")?;
-    let limits = agent.limits;
-    let mut scratch = Vec::new();
-    let plain = EncodeOptions::default();
-    write_frame(
-        &mut send,
-        &Frame::Hello(Hello {
-            min_version: agent.versions.0,
-            max_version: agent.versions.1,
-            link_name: spec.name.clone(),
-            cluster_id: agent.broker.cluster_id.clone(),
-            role: Role::Destination,
-            capabilities: capabilities::ZSTD,
-        }),
-        &plain,
-        &limits,
-        &mut scratch,
-    )
-    .await
-    .context("sending Hello")?;
-    let hello_ok = match read_frame(&mut recv, &limits)
-        .await
-        .context("waiting for the source's answer to Hello (a TLS refusal shows up here)")?
-    {
-        Some((Frame::HelloOk(ok), _)) => ok,
-        Some((Frame::Reject(r), _)) => {
-            return Err(Fatal(format!(
-                "the source refused the link ({:?}): {}",
-                r.code, r.message
-            ))
-            .into())
-        }
-        Some((other, _)) => bail!(
-            "protocol error: expected HelloOk, got {}",
-            super::source::frame_name(&other)
-        ),
-        None => bail!("the source closed the control stream during the handshake"),
+        .context("sending Hello")?;
+        let answer = read_frame(&mut recv, &agent.limits)
+            .await
+            .with_context(|| {
+                format!("waiting for the {peer}'s answer to Hello (a TLS refusal shows up here)")
+            })?;
+        let hello_ok = match answer {
+            Some((Frame::HelloOk(ok), _)) => ok,
+            Some((Frame::Reject(r), _)) => {
+                return Err(Fatal(format!(
+                    "the {peer} refused the link ({:?}): {}",
+                    r.code, r.message
+                ))
+                .into())
+            }
+            Some((other, _)) => bail!("protocol error: expected HelloOk, got {}", other.name()),
+            None => bail!("the {peer} closed the control stream during the handshake"),
+        };
+        anyhow::Ok((conn, send, recv, hello_ok))
     };
-    tracing::info!(link = %spec.name, source_cluster = %hello_ok.cluster_id, version = hello_ok.version, "link connected to the source");
-    shared.connected(hello_ok.cluster_id.clone());
-    mirror_established(conn, send, recv, agent, spec, shared).await
+    match handshake.await {
+        Ok((conn, send, recv, hello_ok)) => Ok(Dialled {
+            endpoint,
+            conn,
+            send,
+            recv,
+            hello_ok,
+        }),
+        Err(e) => {
+            endpoint.close(quinn::VarInt::from_u32(0), b"handshake failed");
+            Err(e)
+        }
+    }
 }
 
 /// Mirrors over an established connection (whichever side dialled): topic metadata on the
@@ -257,7 +296,7 @@ async fn mirror_established(
                 let topics = match answer {
                     Some((Frame::TopicsReply(reply), _)) => reply.topics,
                     Some((Frame::Error(e), _)) => return Err(Fatal(format!("the source rejected the topic selection: {}", e.message)).into()),
-                    Some((other, _)) => bail!("protocol error: expected TopicsReply, got {}", super::source::frame_name(&other)),
+                    Some((other, _)) => bail!("protocol error: expected TopicsReply, got {}", other.name()),
                     None => bail!("the source closed the control stream"),
                 };
                 let ready = sync_topics(agent, spec, shared, &topics);
@@ -489,7 +528,7 @@ async fn run_lane(
             Frame::Error(e) => bail!("the source reported {:?}: {}", e.code, e.message),
             other => bail!(
                 "protocol error: unexpected {} on a data stream",
-                super::source::frame_name(other)
+                other.name()
             ),
         };
         shared.wire_bytes.fetch_add(wire, Ordering::Relaxed);

@@ -32,29 +32,15 @@ pub async fn read_frame_budgeted(
     limits: &Limits,
     budget: &std::sync::Arc<Semaphore>,
 ) -> Result<Option<BudgetedFrame>> {
-    let mut prefix = [0u8; 4];
-    match recv.read_exact(&mut prefix).await {
-        Ok(()) => {}
-        Err(ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(ReadExactError::FinishedEarly(n)) => {
-            bail!("stream ended inside a frame's length prefix ({n} of 4 bytes)")
-        }
-        Err(ReadExactError::ReadError(e)) => return Err(e).context("reading a frame"),
-    }
-    let len = frame_len(prefix, limits)?;
+    let Some(len) = read_len(recv, limits).await? else {
+        return Ok(None);
+    };
     let mut permit = budget
         .clone()
         .acquire_many_owned(kib(len))
         .await
         .context("memory budget closed")?;
-    let mut body = vec![0u8; len];
-    match recv.read_exact(&mut body).await {
-        Ok(()) => {}
-        Err(ReadExactError::FinishedEarly(n)) => {
-            bail!("stream ended inside a frame: {n} of {len} bytes")
-        }
-        Err(ReadExactError::ReadError(e)) => return Err(e).context("reading a frame"),
-    }
+    let body = read_body(recv, len).await?;
     // Data frame body: type, codec, u32 declared decompressed length (capped by the limits
     // inside the decoder; charged here so the budget covers it).
     if body.first() == Some(&mirror_protocol::frame_type::DATA)
@@ -80,27 +66,39 @@ pub async fn read_frame_budgeted(
     }))
 }
 
-/// Reads one frame and its size on the wire (prefix included). `Ok(None)` when the peer
+/// Reads a frame's length prefix and checks it against the limits. `Ok(None)` when the peer
 /// finished the stream cleanly between frames.
-pub async fn read_frame(recv: &mut RecvStream, limits: &Limits) -> Result<Option<(Frame, u64)>> {
+async fn read_len(recv: &mut RecvStream, limits: &Limits) -> Result<Option<usize>> {
     let mut prefix = [0u8; 4];
     match recv.read_exact(&mut prefix).await {
-        Ok(()) => {}
-        Err(ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Ok(()) => Ok(Some(frame_len(prefix, limits)?)),
+        Err(ReadExactError::FinishedEarly(0)) => Ok(None),
         Err(ReadExactError::FinishedEarly(n)) => {
             bail!("stream ended inside a frame's length prefix ({n} of 4 bytes)")
         }
-        Err(ReadExactError::ReadError(e)) => return Err(e).context("reading a frame"),
+        Err(ReadExactError::ReadError(e)) => Err(e).context("reading a frame"),
     }
-    let len = frame_len(prefix, limits)?;
+}
+
+/// Reads the `len` bytes of a frame body.
+async fn read_body(recv: &mut RecvStream, len: usize) -> Result<Vec<u8>> {
     let mut body = vec![0u8; len];
     match recv.read_exact(&mut body).await {
-        Ok(()) => {}
+        Ok(()) => Ok(body),
         Err(ReadExactError::FinishedEarly(n)) => {
             bail!("stream ended inside a frame: {n} of {len} bytes")
         }
-        Err(ReadExactError::ReadError(e)) => return Err(e).context("reading a frame"),
+        Err(ReadExactError::ReadError(e)) => Err(e).context("reading a frame"),
     }
+}
+
+/// Reads one frame and its size on the wire (prefix included). `Ok(None)` when the peer
+/// finished the stream cleanly between frames.
+pub async fn read_frame(recv: &mut RecvStream, limits: &Limits) -> Result<Option<(Frame, u64)>> {
+    let Some(len) = read_len(recv, limits).await? else {
+        return Ok(None);
+    };
+    let body = read_body(recv, len).await?;
     let frame = decode_body(&body, limits)?;
     Ok(Some((frame, 4 + len as u64)))
 }

@@ -40,6 +40,10 @@ pub struct SourceContext {
     pub acked: Mutex<HashMap<(String, String, i32), i64>>,
     /// Where a source dialling in (source-initiated links) is handed over.
     pub agent: Arc<super::AgentShared>,
+    /// The live connection per (link, destination cluster): a new one supersedes the old,
+    /// which is closed at once instead of being fed until its idle timeout (a restarted
+    /// destination cannot close its previous process's connection itself).
+    live: Mutex<HashMap<(String, String), Connection>>,
 }
 
 impl SourceContext {
@@ -50,6 +54,7 @@ impl SourceContext {
             versions: agent.versions,
             acked: Mutex::new(HashMap::new()),
             agent,
+            live: Mutex::new(HashMap::new()),
         })
     }
 }
@@ -125,7 +130,7 @@ async fn serve_connection(conn: Connection, ctx: Arc<SourceContext>) -> Result<(
                 &mut send,
                 &ctx,
                 ErrorCode::MalformedFrame,
-                format!("expected Hello, got {}", frame_name(&other)),
+                format!("expected Hello, got {}", other.name()),
             )
             .await)
         }
@@ -208,6 +213,20 @@ async fn serve_connection(conn: Connection, ctx: Arc<SourceContext>) -> Result<(
     .await?;
     let link = hello.link_name.clone();
     tracing::info!(%remote, link = %link, destination_cluster = %hello.cluster_id, version, "link connected");
+    let previous = ctx
+        .live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert((link.clone(), hello.cluster_id.clone()), conn.clone());
+    if let Some(old) = previous {
+        if old.stable_id() != conn.stable_id() {
+            tracing::info!(link = %link, old = %old.remote_address(), "closing the connection this one supersedes");
+            old.close(
+                quinn::VarInt::from_u32(2),
+                b"superseded by a new connection",
+            );
+        }
+    }
     serve_established(conn, send, recv, ctx, link).await
 }
 
@@ -277,7 +296,7 @@ async fn control_loop(
             },
             other => Frame::Error(ErrorFrame {
                 code: ErrorCode::MalformedFrame,
-                message: format!("unexpected {} on the control stream", frame_name(&other)),
+                message: format!("unexpected {} on the control stream", other.name()),
             }),
         };
         write_frame(
@@ -344,7 +363,7 @@ async fn serve_data_stream(
                 &mut send,
                 &ctx,
                 ErrorCode::MalformedFrame,
-                format!("expected Subscribe, got {}", frame_name(&other)),
+                format!("expected Subscribe, got {}", other.name()),
             )
             .await)
         }
@@ -498,18 +517,4 @@ async fn serve_data_stream(
     .await;
     acks.abort();
     result
-}
-
-pub fn frame_name(frame: &Frame) -> &'static str {
-    match frame {
-        Frame::Hello(_) => "Hello",
-        Frame::HelloOk(_) => "HelloOk",
-        Frame::Reject(_) => "Reject",
-        Frame::TopicsRequest(_) => "TopicsRequest",
-        Frame::TopicsReply(_) => "TopicsReply",
-        Frame::Subscribe(_) => "Subscribe",
-        Frame::Data(_) => "Data",
-        Frame::Ack(_) => "Ack",
-        Frame::Error(_) => "Error",
-    }
 }
