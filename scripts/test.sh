@@ -4,7 +4,7 @@
 #   2 fmt     cargo fmt --all --check
 #   3 clippy  cargo clippy --workspace --all-targets --release -- -D warnings
 #   4 build   cargo build --release --workspace --bins
-#   5 test    cargo test --release --workspace   (STRAIT_BIN=target/release/strait)
+#   5 test    cargo test --release --workspace --no-fail-fast   (STRAIT_BIN=target/release/strait)
 #   6 peers   scripts/peers.sh                   (third-party clients against the broker)
 # Every stage runs even if an earlier one failed, except `peers`, which needs the binary from
 # `build`. Ends with one line `N passed, M failed` counting stages; exits non-zero if any failed.
@@ -23,7 +23,7 @@ stage_deps() { bash scripts/install-test-deps.sh; }
 stage_fmt() { cargo fmt --all --check; }
 stage_clippy() { cargo clippy --workspace --all-targets --release -- -D warnings; }
 stage_build() { cargo build --release --workspace --bins; }
-stage_test() { cargo test --release --workspace; }
+stage_test() { cargo test --release --workspace --no-fail-fast; }
 stage_peers() { bash scripts/peers.sh; }
 
 passed=0

@@ -755,20 +755,33 @@ mod tests {
     }
 
     #[test]
-    fn create_requires_a_topic_selection() {
-        let error = parse_cli(&["link", "create", "east", "--source", "h:1"]).unwrap_err();
+    fn create_requires_a_topic_selection_except_when_dialling_out() {
+        // Missing or present-but-empty selections are caught when building the spec (the
+        // source side of a source-initiated link, --dial-destination, needs none).
+        for argv in [
+            &["link", "create", "east", "--source", "h:1"][..],
+            &["link", "create", "east", "--source", "h:1", "--topics", ","][..],
+        ] {
+            let LinkCommand::Create(args) = link_command(parse_cli(argv).unwrap()) else {
+                panic!("not create")
+            };
+            let error = args.to_spec().unwrap_err().to_string();
+            assert!(error.contains("--topics, --prefix or --regex"), "{error}");
+        }
+        let LinkCommand::Create(args) = link_command(
+            parse_cli(&["link", "create", "east", "--dial-destination", "d:2"]).unwrap(),
+        ) else {
+            panic!("not create")
+        };
+        let spec = args.to_spec().unwrap();
+        assert_eq!(spec.dial_destination.as_deref(), Some("d:2"));
+        assert_eq!(spec.mode, LinkMode::SourceInitiated);
+        // Neither a source nor a way in: clap refuses.
+        let error = parse_cli(&["link", "create", "east", "--prefix", "p"]).unwrap_err();
         assert_eq!(
             error.kind(),
             clap::error::ErrorKind::MissingRequiredArgument
         );
-        // Present but empty is caught when building the spec.
-        let cli =
-            parse_cli(&["link", "create", "east", "--source", "h:1", "--topics", ","]).unwrap();
-        let LinkCommand::Create(args) = link_command(cli) else {
-            panic!("not create")
-        };
-        let error = args.to_spec().unwrap_err().to_string();
-        assert!(error.contains("--topics, --prefix or --regex"), "{error}");
     }
 
     #[tokio::test]
