@@ -571,10 +571,19 @@ fn link_detail(link: &LinkStatus) -> String {
         ("State", state_text(&link.state)),
         (
             "Source",
-            format!(
-                "{} (TLS name {}, {mode})",
-                spec.source_addr, spec.server_name
-            ),
+            match (&spec.dial_destination, spec.mode) {
+                (Some(destination), _) => format!(
+                    "this broker; dials out to the destination at {destination} (TLS name {})",
+                    spec.server_name
+                ),
+                (None, LinkMode::SourceInitiated) => {
+                    "dials in to this broker's link listener (source-initiated)".to_string()
+                }
+                (None, LinkMode::DestinationInitiated) => format!(
+                    "{} (TLS name {}, {mode})",
+                    spec.source_addr, spec.server_name
+                ),
+            },
         ),
         (
             "Source cluster",

@@ -16,6 +16,9 @@
 //!   link is deleted (which promotes the topic).
 //! * `link_status_and_metrics`: `strait link status`/`mirror list` (text and JSON) and
 //!   `/metrics` show zero lag after catch-up; pause stops data, resume brings it.
+//! * `source_initiated_link_mirrors_and_survives_a_source_restart`: the source dials out to
+//!   the destination's link listener (a source behind a firewall); an undefined link name is
+//!   refused with a reason; after a SIGKILL the source redials by itself.
 //!
 //! `STRAIT_LINK_N` overrides the record count of the million-record test.
 
@@ -1552,4 +1555,110 @@ fn link_status_and_metrics() {
     assert!(!out.status.success(), "status of a missing link succeeded");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no-such-link"), "stderr: {stderr}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. Source-initiated links (the source behind a firewall dials out)
+
+#[test]
+fn source_initiated_link_mirrors_and_survives_a_source_restart() {
+    const TOPIC: &str = "fw.orders";
+    let certs = LinkCerts::generate(&["east", "west"]);
+    // The destination listens for the source's connection; the source only dials out.
+    let west_link_port = free_udp_port();
+    let west_admin_port = free_port();
+    let mut west_args = certs.tls_args("west");
+    west_args.extend([
+        "--link-listen".to_string(),
+        format!("127.0.0.1:{west_link_port}"),
+    ]);
+    let west = Broker::start(
+        "fw-west",
+        destination_options(west_args, west_admin_port, &[]),
+    );
+    let east_admin_port = free_port();
+    let mut east = Broker::start(
+        "fw-east",
+        destination_options(certs.tls_args("east"), east_admin_port, &[]),
+    );
+    let west_admin = AdminApi::new(&format!("127.0.0.1:{west_admin_port}"));
+    let east_admin = format!("127.0.0.1:{east_admin_port}");
+    let east_bootstrap = east.bootstrap().to_string();
+    create_topic(&east_bootstrap, TOPIC, 3, &[]);
+    produce_ok(&east_bootstrap, TOPIC, None, 300, "fw");
+
+    // Destination first: it defines the link and the topics, and waits.
+    let out = strait_cli_ok(&[
+        "link",
+        "create",
+        "fw",
+        "--admin",
+        west_admin.addr.as_str(),
+        "--source-initiated",
+        "--prefix",
+        "fw.",
+    ]);
+    println!("[fw] destination: {out}");
+    let waiting = west_admin.link_status("fw").expect("status");
+    assert_eq!(text(&waiting, "state"), "connecting", "{waiting}");
+    // A source dialling in for a link the destination does not define is refused clearly.
+    strait_cli_ok(&[
+        "link",
+        "create",
+        "nope",
+        "--admin",
+        east_admin.as_str(),
+        "--dial-destination",
+        &format!("127.0.0.1:{west_link_port}"),
+    ]);
+    // Then the source dials out.
+    strait_cli_ok(&[
+        "link",
+        "create",
+        "fw",
+        "--admin",
+        east_admin.as_str(),
+        "--dial-destination",
+        &format!("127.0.0.1:{west_link_port}"),
+    ]);
+    let took = wait_caught_up(
+        &west_admin,
+        "fw",
+        &east_bootstrap,
+        &[(TOPIC, 3)],
+        Duration::from_secs(30),
+    );
+    println!("[fw] west caught up {took:?} after the source dialled out");
+    let east_api = AdminApi::new(&east_admin);
+    let refused = east_api
+        .link_status("nope")
+        .expect("status of the refused link");
+    let reason = format!("{refused}");
+    assert!(
+        text(&refused, "state") == "failed" && reason.contains("no source-initiated link named"),
+        "the unknown link should be refused with a reason: {refused}"
+    );
+
+    // The source restarts (its outbound link is persisted) and redials by itself.
+    east.kill9();
+    east.restart();
+    produce_ok(&east_bootstrap, TOPIC, None, 300, "fw-after");
+    wait_caught_up(
+        &west_admin,
+        "fw",
+        &east_bootstrap,
+        &[(TOPIC, 3)],
+        Duration::from_secs(60),
+    );
+    let east_ends = high_watermarks(&east_bootstrap, TOPIC, 3).expect("east watermarks");
+    let west_ends = high_watermarks(west.bootstrap(), TOPIC, 3).expect("west watermarks");
+    assert_eq!(west_ends, east_ends);
+    let east_seen = consume_digests(&east_bootstrap, TOPIC, &east_ends, Duration::from_secs(30));
+    let west_seen = consume_digests(west.bootstrap(), TOPIC, &east_ends, Duration::from_secs(30));
+    let diffs = diff_digests("east", &east_seen, "west", &west_seen);
+    assert!(diffs.is_empty(), "east and west differ: {diffs:?}");
+    println!(
+        "[fw] {} records identical on east and west after the source's restart",
+        east_ends.iter().sum::<i64>()
+    );
 }
