@@ -122,12 +122,24 @@ impl BrokerError {
     }
 }
 
-/// Milliseconds since the Unix epoch (the broker's clock for timestamps and retention).
+/// Added to the system clock by [`now_ms`]: fault injection (clock jumps) for tests, always
+/// 0 in normal operation.
+static CLOCK_OFFSET_MS: AtomicI64 = AtomicI64::new(0);
+
+/// Shifts the broker's clock by `offset_ms` from the system clock (fault injection: the chaos
+/// suite's clock jumps; `strait broker --debug-clock-file`).
+pub fn set_clock_offset_ms(offset_ms: i64) {
+    CLOCK_OFFSET_MS.store(offset_ms, Ordering::Relaxed);
+}
+
+/// Milliseconds since the Unix epoch (the broker's clock for timestamps, retention, and group
+/// and transaction timeouts, as Kafka's wall-clock `Time.milliseconds()`).
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+        .saturating_add(CLOCK_OFFSET_MS.load(Ordering::Relaxed))
 }
 
 /// Kafka's legal topic names: 1..=249 of `[a-zA-Z0-9._-]`, not `.` or `..`.

@@ -514,6 +514,9 @@ pub struct LinkPairOptions {
     pub seed: u64,
     /// `--fsync` of both brokers.
     pub fsync: String,
+    /// Further `strait broker` arguments for east and for west, verbatim.
+    pub east_extra: Vec<String>,
+    pub west_extra: Vec<String>,
 }
 
 impl LinkPairOptions {
@@ -527,6 +530,8 @@ impl LinkPairOptions {
             wan: Settings::default(),
             seed,
             fsync: "always".to_string(),
+            east_extra: Vec::new(),
+            west_extra: Vec::new(),
         }
     }
 }
@@ -617,6 +622,7 @@ impl LinkPair {
             "--admin-listen".to_string(),
             east_admin.clone(),
         ]);
+        east_extra.extend(options.east_extra.iter().cloned());
         let east = Node::start(
             "east",
             NodeOptions {
@@ -628,6 +634,7 @@ impl LinkPair {
         )?;
         let mut west_extra = link_tls_args(certs.path(), "west");
         west_extra.extend(["--admin-listen".to_string(), west_admin.clone()]);
+        west_extra.extend(options.west_extra.iter().cloned());
         let west = Node::start(
             "west",
             NodeOptions {

@@ -7,11 +7,10 @@
 //! * Disk full: [`SizedMount`], a size-limited tmpfs (needs root and `mount`; verified in
 //!   this sandbox) used as a broker's data dir, with [`SizedMount::fill`] to leave only a
 //!   few bytes free and [`SizedMount::free`] to give the space back.
-//! * Clock jumps: not injected. The broker reads wall-clock time through
-//!   `SystemTime::now()` (record timestamps, LogAppendTime, retention by time, group offset
-//!   expiry, transaction timeouts) and `Instant` for timers. A jump could be emulated by
-//!   running the broker under a time-namespace or `LD_PRELOAD` shim (e.g. libfaketime, not
-//!   installed here), or by giving broker-core an injectable clock; see RESULTS.md.
+//! * Clock jumps: `strait broker --debug-clock-file F` adds the offset in F (milliseconds,
+//!   re-read every 100 ms) to the broker's clock (`broker_core::broker::now_ms`: timestamps,
+//!   LogAppendTime, retention, group and transaction timeouts); a scenario writes F. Timers
+//!   use `Instant` and are not affected.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -19,6 +19,8 @@
 //! 5. 5 % datagram loss both ways for the whole run.
 //! 6. 200 ms RTT (100 ms each way) with normal jitter of 20 ms each way.
 //! 7. 5 % duplicated and 5 % reordered datagrams both ways.
+//! 8. clock jumps: east's clock one hour forward, west's one hour back, east two hours back,
+//!    then both right again, while producing (`strait broker --debug-clock-file`).
 //!
 //! Recovery time = fault end → west holds every offset east held at that moment. Final
 //! catch-up = producer stopped → west's end offsets equal east's (the fault of scenarios 5-7
@@ -127,9 +129,22 @@ impl LinkScenario {
     /// Starts east and west with `wan` between them, creates the topic on east and the link
     /// on west, and waits until the link is active and the mirror topic exists.
     fn start_pair(&mut self, wan: Settings, rtt_ms: u64) -> LinkPair {
+        self.start_pair_with(wan, rtt_ms, Vec::new(), Vec::new())
+    }
+
+    /// [`Self::start_pair`] with further `strait broker` arguments for east and west.
+    fn start_pair_with(
+        &mut self,
+        wan: Settings,
+        rtt_ms: u64,
+        east_extra: Vec<String>,
+        west_extra: Vec<String>,
+    ) -> LinkPair {
         let mut options = LinkPairOptions::new(self.seed);
         options.wan = wan;
         options.rtt_ms = rtt_ms;
+        options.east_extra = east_extra;
+        options.west_extra = west_extra;
         let pair = LinkPair::start(options).expect("start east and west");
         cluster::create_topic(&pair.east.bootstrap(), &self.topic, PARTITIONS)
             .expect("create the topic on east");
@@ -680,4 +695,63 @@ fn link_7_duplicated_and_reordered_datagrams_lose_nothing() {
         },
         10,
     );
+}
+
+#[test]
+fn link_8_clock_jumps_lose_nothing() {
+    let name = "link: clock jumps (east +1 h, west -1 h, east -1 h)";
+    let mut s = LinkScenario::new(name, "clock");
+    let duration = load_duration(15);
+    let clocks = tempfile::tempdir().expect("temp dir for the clock files");
+    let east_clock = clocks.path().join("east-clock-offset-ms");
+    let west_clock = clocks.path().join("west-clock-offset-ms");
+    let flag =
+        |path: &std::path::Path| vec!["--debug-clock-file".to_string(), path.display().to_string()];
+    let pair = s.start_pair_with(
+        Settings::default(),
+        10,
+        flag(&east_clock),
+        flag(&west_clock),
+    );
+    let (producer, _progress) = s.start_producer(producer_config(
+        &pair.east.bootstrap(),
+        &s.topic,
+        duration,
+        s.seed,
+    ));
+    const HOUR_MS: i64 = 3_600_000;
+    let step = duration / 5;
+    let jumps: [(&str, &std::path::Path, i64); 4] = [
+        ("east +1 h", &east_clock, HOUR_MS),
+        ("west -1 h", &west_clock, -HOUR_MS),
+        ("east -1 h", &east_clock, -HOUR_MS),
+        ("both back to the real time", &west_clock, 0),
+    ];
+    for (i, (what, file, offset)) in jumps.iter().enumerate() {
+        s.wait_until(&pair, step * (i as u32 + 1));
+        std::fs::write(file, offset.to_string()).expect("write the clock offset");
+        if i == 3 {
+            std::fs::write(&east_clock, "0").expect("write the clock offset");
+        }
+        // The brokers re-read the file every 100 ms.
+        std::thread::sleep(Duration::from_millis(200));
+        println!("[{name}] {what} at {:?}", s.started.elapsed());
+        s.fault_ended(&pair, what);
+    }
+    // The jumps really reached both brokers' clocks.
+    for (node, expected) in [
+        (&pair.east, "offset_ms=3600000"),
+        (&pair.west, "offset_ms=-3600000"),
+    ] {
+        let log = node.stderr_tail(400);
+        assert!(
+            log.contains("clock jump injected") && log.contains(expected),
+            "[{name}] no injected clock jump ({expected}) in the broker's log:\n{log}"
+        );
+    }
+    s.notes
+        .push("clock offsets +1 h/-1 h/-1 h/0 injected".to_string());
+    let outcome = join_polling(&mut s, &pair, producer, name);
+    s.drain_recoveries(&pair);
+    s.finish(&pair, &[outcome], false);
 }

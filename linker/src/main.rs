@@ -129,6 +129,10 @@ struct BrokerArgs {
     /// random WAN loss) or `cubic` (loss-based, like TCP).
     #[arg(long, default_value = "bbr")]
     link_congestion: mirror_protocol::Congestion,
+    /// Fault injection: a file holding a clock offset in milliseconds, re-read every 100 ms
+    /// and added to the broker's clock (the chaos suite's clock jumps).
+    #[arg(long, hide = true)]
+    debug_clock_file: Option<PathBuf>,
     /// Test knob: the link protocol versions this agent speaks, `MIN-MAX`.
     #[arg(long, hide = true)]
     link_protocol_versions: Option<String>,
@@ -250,6 +254,25 @@ async fn run_broker(args: BrokerArgs) -> Result<()> {
         .await?
         .with_context(|| format!("cannot open data dir {}", args.data_dir.display()))?;
     broker.spawn_background_tasks();
+    if let Some(path) = args.debug_clock_file.clone() {
+        tracing::warn!(file = %path.display(), "clock offset injection enabled (testing only)");
+        tokio::spawn(async move {
+            let mut last = 0i64;
+            loop {
+                let offset = tokio::fs::read_to_string(&path)
+                    .await
+                    .ok()
+                    .and_then(|t| t.trim().parse::<i64>().ok())
+                    .unwrap_or(0);
+                if offset != last {
+                    tracing::warn!(offset_ms = offset, "clock jump injected");
+                    broker_core::broker::set_clock_offset_ms(offset);
+                    last = offset;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
     let limits = ServerLimits {
         max_frame_bytes: args.max_frame_bytes,
         ..ServerLimits::default()
