@@ -285,6 +285,15 @@ impl<'a> Iterator for Batches<'a> {
     }
 }
 
+/// One past the last offset of the last complete batch in `data` (what a read returned).
+pub fn end_offset(data: &[u8]) -> Option<i64> {
+    Batches::new(data)
+        .filter_map(Result::ok)
+        .last()
+        .and_then(|b| BatchHeader::parse(b).ok())
+        .map(|h| h.last_offset() + 1)
+}
+
 /// The two transaction markers (the control record key's `type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ControlType {

@@ -628,21 +628,12 @@ impl Partition {
             .read(offset, hw, max_bytes)
             .map_err(|e| BrokerError::Log(self.name(), e))?;
         let aborted = if read_committed && !data.is_empty() {
-            let end = Self::end_of(&data).unwrap_or(offset);
+            let end = batch::end_offset(&data).unwrap_or(offset);
             state.producers.aborted_overlapping(offset, end)
         } else {
             Vec::new()
         };
         Ok((data, aborted))
-    }
-
-    /// One past the last offset of the last complete batch in `data`.
-    fn end_of(data: &[u8]) -> Option<i64> {
-        batch::Batches::new(data)
-            .filter_map(Result::ok)
-            .last()
-            .and_then(|b| BatchHeader::parse(b).ok())
-            .map(|h| h.last_offset() + 1)
     }
 
     /// Writes a transaction marker (commit or abort) for `producer_id` into this partition.

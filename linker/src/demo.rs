@@ -79,19 +79,7 @@ async fn start_region(
     };
     let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let admin = Some(admin_listener.local_addr()?);
-    let control: Arc<dyn LinkControl> = links.clone();
-    let for_metrics = links.clone();
-    let metrics: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || {
-        let mut out = String::new();
-        crate::metrics::render_links(&for_metrics.list_links(), &mut out);
-        out
-    });
-    tokio::spawn(crate::admin::serve(
-        admin_listener,
-        control,
-        metrics,
-        std::future::pending(),
-    ));
+    crate::spawn_admin_api(admin_listener, links.clone());
     let (stop, stopped) = oneshot::channel::<()>();
     let manager = links.clone();
     let server = tokio::spawn(server::serve(

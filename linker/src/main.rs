@@ -324,6 +324,23 @@ fn parse_versions(text: &str) -> Result<(u16, u16)> {
     Ok((lo, hi))
 }
 
+/// Serves the admin HTTP API (links, mirrors, `/metrics`) for `manager` on `listener`, in the
+/// background, until the process ends.
+fn spawn_admin_api(listener: tokio::net::TcpListener, manager: std::sync::Arc<agent::LinkManager>) {
+    let control: std::sync::Arc<dyn model::LinkControl> = manager.clone();
+    let metrics: admin::MetricsRenderer = std::sync::Arc::new(move || {
+        use model::LinkControl as _;
+        let mut out = String::new();
+        metrics::render_links(&manager.list_links(), &mut out);
+        out
+    });
+    tokio::spawn(async move {
+        if let Err(e) = admin::serve(listener, control, metrics, std::future::pending()).await {
+            tracing::error!(error = format!("{e:#}"), "admin API stopped");
+        }
+    });
+}
+
 /// Starts the link manager, the link listener and the admin API for `broker`.
 async fn start_link_agent(
     broker: &std::sync::Arc<Broker>,
@@ -356,22 +373,7 @@ async fn start_link_agent(
         match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => {
                 let bound = listener.local_addr()?;
-                let control: std::sync::Arc<dyn model::LinkControl> = manager.clone();
-                let for_metrics = manager.clone();
-                let metrics: std::sync::Arc<dyn Fn() -> String + Send + Sync> =
-                    std::sync::Arc::new(move || {
-                        use model::LinkControl as _;
-                        let mut out = String::new();
-                        metrics::render_links(&for_metrics.list_links(), &mut out);
-                        out
-                    });
-                tokio::spawn(async move {
-                    if let Err(e) =
-                        admin::serve(listener, control, metrics, std::future::pending()).await
-                    {
-                        tracing::error!(error = format!("{e:#}"), "admin API stopped");
-                    }
-                });
+                spawn_admin_api(listener, manager.clone());
                 Some(bound)
             }
             Err(e) if args.admin_listen == DEFAULT_ADMIN => {

@@ -541,11 +541,13 @@ async fn run_lane(
                     entry.partition
                 );
             };
-            let end = p.offsets().log_end_offset;
+            // The destination's log end offset, kept up to date below without re-reading it.
+            let mut end = p.offsets().log_end_offset;
             if entry.source_log_start.0 > end {
                 tracing::warn!(topic = %entry.topic, partition = entry.partition, from = end, to = entry.source_log_start.0,
                     "the source deleted records this mirror never got (retention); restarting the mirror partition at the source's log start");
                 p.reset_for_mirror(entry.source_log_start.0, &notify)?;
+                end = entry.source_log_start.0;
             }
             let mut bytes = 0;
             let mut records = 0;
@@ -555,6 +557,7 @@ async fn run_lane(
                 records = r.appended_records.max(0) as u64;
                 p.start_sync(fsync, &notify);
                 appended.push((p.clone(), r.end_offset));
+                end = r.end_offset;
             }
             shared.source_bytes.fetch_add(bytes, Ordering::Relaxed);
             shared.records.fetch_add(records, Ordering::Relaxed);
@@ -562,7 +565,7 @@ async fn run_lane(
                 &entry.topic,
                 entry.partition,
                 entry.source_high_watermark.0,
-                p.offsets().log_end_offset,
+                end,
                 bytes,
                 records,
             );

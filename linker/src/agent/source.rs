@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use broker_core::batch::{BatchHeader, Batches};
-use broker_core::broker::Partition;
+use broker_core::batch::end_offset;
+use broker_core::broker::{Partition, PartitionOffsets};
 use broker_core::Broker;
 use bytes::Bytes;
 use mirror_protocol::{
@@ -86,6 +86,21 @@ pub fn negotiate(ours: (u16, u16), theirs: (u16, u16)) -> Option<u16> {
     (version >= ours.0.max(theirs.0)).then_some(version)
 }
 
+/// Writes a final `Reject` or `Error` frame and finishes the stream; whether it went out.
+async fn write_last_frame(send: &mut SendStream, ctx: &SourceContext, frame: Frame) -> bool {
+    let sent = write_frame(
+        send,
+        &frame,
+        &EncodeOptions::default(),
+        &ctx.limits,
+        &mut Vec::new(),
+    )
+    .await
+    .is_ok();
+    let _ = send.finish();
+    sent
+}
+
 async fn reject(
     conn: &Connection,
     send: &mut SendStream,
@@ -97,18 +112,7 @@ async fn reject(
         code,
         message: message.clone(),
     });
-    let mut scratch = Vec::new();
-    if write_frame(
-        send,
-        &frame,
-        &EncodeOptions::default(),
-        &ctx.limits,
-        &mut scratch,
-    )
-    .await
-    .is_ok()
-    {
-        let _ = send.finish();
+    if write_last_frame(send, ctx, frame).await {
         // Give the reject a moment to reach the peer before the connection closes.
         let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
     }
@@ -318,36 +322,31 @@ struct Cursor {
     next: i64,
 }
 
+impl Cursor {
+    /// An entry for this partition carrying `offsets` and no batches yet (progress only).
+    fn entry(&self, offsets: &PartitionOffsets) -> DataEntry {
+        DataEntry {
+            topic: self.topic.clone(),
+            partition: self.partition.index,
+            source_log_start: SourceOffset(offsets.log_start_offset),
+            source_high_watermark: SourceOffset(offsets.high_watermark),
+            batches: Bytes::new(),
+        }
+    }
+}
+
 async fn send_error(
     send: &mut SendStream,
     ctx: &SourceContext,
     code: ErrorCode,
     message: String,
 ) -> anyhow::Error {
-    let mut scratch = Vec::new();
     let frame = Frame::Error(ErrorFrame {
         code,
         message: message.clone(),
     });
-    let _ = write_frame(
-        send,
-        &frame,
-        &EncodeOptions::default(),
-        &ctx.limits,
-        &mut scratch,
-    )
-    .await;
-    let _ = send.finish();
+    write_last_frame(send, ctx, frame).await;
     anyhow!(message)
-}
-
-/// One past the last offset of the last whole batch in `data`.
-fn end_of(data: &[u8]) -> Option<i64> {
-    Batches::new(data)
-        .filter_map(Result::ok)
-        .last()
-        .and_then(|b| BatchHeader::parse(b).ok())
-        .map(|h| h.last_offset() + 1)
 }
 
 async fn serve_data_stream(
@@ -435,13 +434,7 @@ async fn serve_data_stream(
                     )
                     .await);
                 }
-                let mut entry = DataEntry {
-                    topic: c.topic.clone(),
-                    partition: c.partition.index,
-                    source_log_start: SourceOffset(offsets.log_start_offset),
-                    source_high_watermark: SourceOffset(offsets.high_watermark),
-                    batches: Bytes::new(),
-                };
+                let mut entry = c.entry(&offsets);
                 if c.next < offsets.log_start_offset {
                     // Retention removed records the destination never got: it restarts its
                     // log at our log start (it learns that from this entry).
@@ -461,7 +454,9 @@ async fn serve_data_stream(
                         continue;
                     }
                 };
-                let Some(end) = end_of(&data) else { continue };
+                let Some(end) = end_offset(&data) else {
+                    continue;
+                };
                 c.next = end;
                 read_any = true;
                 entry.batches = Bytes::from(data);
@@ -481,16 +476,7 @@ async fn serve_data_stream(
             if packer.pending_bytes() == 0 && last_sent.elapsed() >= PROGRESS_INTERVAL {
                 let entries = cursors
                     .iter()
-                    .map(|c| {
-                        let o = c.partition.offsets();
-                        DataEntry {
-                            topic: c.topic.clone(),
-                            partition: c.partition.index,
-                            source_log_start: SourceOffset(o.log_start_offset),
-                            source_high_watermark: SourceOffset(o.high_watermark),
-                            batches: Bytes::new(),
-                        }
-                    })
+                    .map(|c| c.entry(&c.partition.offsets()))
                     .collect();
                 write_frame(
                     &mut send,
