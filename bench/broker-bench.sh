@@ -20,6 +20,11 @@
 #   per run: client CPU (utime+stime), broker CPU (/proc/PID/stat delta), wall time, and
 #   the broker's fdatasync/fsync calls and time (perf trace, if perf works here).
 #
+# Same-run comparisons of two Strait builds and of codecs (issue 18's record validation):
+#   STRAIT_BASE=/path/to/older/strait adds the variant strait_base (that binary, --fsync always),
+#   so VARIANTS="strait strait_base" compares two builds interleaved in one run;
+#   CODECS="none lz4 zstd" adds produce runs with rdkafka_performance -z CODEC (tests
+#   rdk_p100_CODEC, rdk_p1k_CODEC); SKIP="consume rdk202 ck idle" leaves out those stages.
 # Env knobs: ROUNDS (3) SEED (random) N100 (2000000) N1K (1000000) CK_N100 (1000000)
 #   CK_N1K (300000) TANSU_N100 (200000) TANSU_N1K (100000) TANSU_CK_N100 (200000)
 #   TANSU_CK_N1K (50000) STRAIT (target/release/strait) PEERS (/tmp/peers)
@@ -67,6 +72,12 @@ WORK=$(mktemp -d /tmp/strait-bench.XXXXXX)
 # Pin the binary: other people rebuild target/release while this runs.
 cp "$STRAIT" "$WORK/strait" || die "cannot copy $STRAIT"
 STRAIT_SRC=$STRAIT; STRAIT=$WORK/strait
+if [ -n "${STRAIT_BASE:-}" ]; then
+  cp "$STRAIT_BASE" "$WORK/strait-base" || die "cannot copy $STRAIT_BASE"
+fi
+CODECS=${CODECS:-none}
+SKIP=" ${SKIP:-} "
+skipped() { [[ "$SKIP" == *" $1 "* ]]; }
 OUT=${OUT:-$WORK/results.tsv}
 printf 'variant\ttest\tround\tmsgs_s\tmb_s\twall_s\tclient_cpu_s\tbroker_cpu_s\tbroker_sys_s\tbroker_minflt\tfsync_n\tfsync_ms\tok\tnote\n' >"$OUT"
 
@@ -133,10 +144,11 @@ result() { # variant test round msgs_s mb_s wall client broker_cpu broker_sys br
 }
 
 start_strait() { # variant fsync_policy [ENV=VALUE...]
-  local v=$1 fs=$2 port dir pid i; shift 2
+  local v=$1 fs=$2 port dir pid i bin=$STRAIT; shift 2
   local -a envs=(STRAIT_BENCH=1 "$@")
+  [[ "$v" == *strait_base ]] && bin=$WORK/strait-base
   port=$(freeport); dir="$WORK/data-$v"; mkdir -p "$dir"
-  env "${envs[@]}" "$STRAIT" broker --data-dir "$dir/log" --listen "127.0.0.1:$port" --fsync "$fs" \
+  env "${envs[@]}" "$bin" broker --data-dir "$dir/log" --listen "127.0.0.1:$port" --fsync "$fs" \
     >"$WORK/broker-$v.log" 2>&1 </dev/null &
   pid=$!; STARTED_PIDS+=("$pid")
   for ((i = 0; i < 300; i++)); do
@@ -327,6 +339,8 @@ dd_run() { # round
 {
   echo "date: $(date -u +%FT%TZ)  host: $(uname -srm)  cpus: $(nproc)  mem: $(free -g | awk '/Mem:/{print $2}') GiB"
   echo "strait: $STRAIT_SRC (built $(stat -c %y "$STRAIT_SRC" | cut -d. -f1), sha256 $(sha256sum "$STRAIT" | cut -c1-12)), git $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- broker-core linker || echo ' +uncommitted changes in broker-core/linker')"
+  [ -n "${STRAIT_BASE:-}" ] && echo "strait_base: $STRAIT_BASE (built $(stat -c %y "$STRAIT_BASE" | cut -d. -f1), sha256 $(sha256sum "$STRAIT_BASE" | cut -c1-12))"
+  echo "codecs: $CODECS  skip:$SKIP"
   echo "tansu: $([ -x "$TANSU_BIN" ] && "$TANSU_BIN" --version 2>/dev/null || echo 'not installed')"
   echo "librdkafka: 2.16 ($RDK_LIB216) and 2.0.2 (system); rounds=$ROUNDS seed=$SEED perf_trace=$PERF_OK"
   echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg); other busy processes (>10% CPU):"
@@ -339,6 +353,8 @@ declare -a VLIST=()
 for v in ${VARIANTS:-strait strait_i5 tansu}; do
   case $v in
     strait) start_strait strait always && VLIST+=(strait) ;;
+    strait_base) [ -n "${STRAIT_BASE:-}" ] || die "variant strait_base needs STRAIT_BASE=/path/to/strait"
+      start_strait strait_base always && VLIST+=(strait_base) ;;
     strait_i5) start_strait strait_i5 interval:5 && VLIST+=(strait_i5) ;;
     # diagnostic: glibc malloc told to keep big buffers on the heap (no mmap/munmap per fetch)
     strait_mt) start_strait strait_mt always GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=268435456 && VLIST+=(strait_mt) ;;
@@ -363,6 +379,7 @@ for v in "${VLIST[@]}"; do
   topics=("warm-$v")
   for ((r = 1; r <= ROUNDS; r++)); do
     topics+=("p100-$v-r$r" "p1k-$v-r$r")
+    for c in $CODECS; do [ "$c" = none ] || topics+=("p100$c-$v-r$r" "p1k$c-$v-r$r"); done
     [ "${KIND[$v]}" = strait ] && topics+=("p100v202-$v-r$r" "p100v202dl-$v-r$r")
   done
   out=$(timeout 120 "$PY" "$ADMIN" create "${BOOT[$v]}" "$PARTS" "${topics[@]}" 2>&1) ||
@@ -389,9 +406,16 @@ for ((r = 1; r <= ROUNDS; r++)); do
     n100=$(n_of "$v" 100 rdk); n1k=$(n_of "$v" 1k rdk)
     rdk "$v" rdk_p100 "$r" 216 P 100 "$n100" "p100-$v-r$r" -X linger.ms=5
     rdk "$v" rdk_p1k "$r" 216 P 1024 "$n1k" "p1k-$v-r$r" -X linger.ms=5
-    rdk "$v" rdk_c1k "$r" 216 C 1024 "$n1k" "p1k-$v-r$r"
-    rdk "$v" rdk_c100 "$r" 216 C 100 "$n100" "p100-$v-r$r"
-    if [ "${KIND[$v]}" = strait ]; then
+    for c in $CODECS; do
+      [ "$c" = none ] && continue
+      rdk "$v" "rdk_p100_$c" "$r" 216 P 100 "$n100" "p100$c-$v-r$r" -X linger.ms=5 -z "$c"
+      rdk "$v" "rdk_p1k_$c" "$r" 216 P 1024 "$n1k" "p1k$c-$v-r$r" -X linger.ms=5 -z "$c"
+    done
+    if ! skipped consume; then
+      rdk "$v" rdk_c1k "$r" 216 C 1024 "$n1k" "p1k-$v-r$r"
+      rdk "$v" rdk_c100 "$r" 216 C 100 "$n100" "p100-$v-r$r"
+    fi
+    if [ "${KIND[$v]}" = strait ] && ! skipped rdk202; then
       rdk "$v" rdk202_p100 "$r" 202 P 100 "$n100" "p100v202-$v-r$r" -X linger.ms=5
       rdk "$v" rdk202dl_p100 "$r" 202 P 100 "$n100" "p100v202dl-$v-r$r"   # tool default linger.ms=1000
     fi
@@ -400,6 +424,7 @@ done
 
 # ck_perf: one round, shuffled order
 for v in $(printf '%s\n' "${VLIST[@]}" | awk -v s="$SEED" 'BEGIN{srand(s)} {print rand() "\t" $0}' | sort -n | cut -f2); do
+  skipped ck && break
   ck "$v" 100 "$(n_of "$v" 100 ck)"
   ck "$v" 1024 "$(n_of "$v" 1k ck)"
 done
@@ -423,7 +448,8 @@ done
 
 # ---------------------------------------------------------------- RSS with 1 000 idle partitions
 for v in "${VLIST[@]}"; do
-  [ "$v" = strait_i5 ] || [ "$v" = strait_mt ] && continue   # only the default build/config
+  skipped idle && break
+  [ "$v" = strait_i5 ] || [ "$v" = strait_mt ] || [ "$v" = strait_base ] && continue   # only the default build/config
   iv="idle_$v"
   if [ "${KIND[$v]}" = strait ]; then start_strait "$iv" always || continue; else start_tansu "$iv" || continue; fi
   rss0=$(rss_kib "${BPID[$iv]}")

@@ -11,6 +11,7 @@ import sys
 
 VARIANTS = [("strait", "strait (fsync always)"), ("strait_i5", "strait (fsync interval:5)"),
             ("strait_mt", "strait (fsync always, malloc mmap threshold 32 MiB)"),
+            ("strait_base", "strait_base (STRAIT_BASE build, fsync always)"),
             ("tansu", "tansu 0.6.0 (sqlite)")]
 # (test, field, label)
 ROWS = [
@@ -20,6 +21,14 @@ ROWS = [
     ("rdk202dl_p100", "msgs_s", "same, 2.0.2 with the tool's default linger.ms=1000, msg/s"),
     ("rdk_p1k", "msgs_s", "rdkafka_performance produce 1 KiB, msg/s"),
     ("rdk_p1k", "mb_s", "rdkafka_performance produce 1 KiB, MB/s"),
+    ("rdk_p100_lz4", "msgs_s", "rdkafka_performance produce 100 B lz4, msg/s"),
+    ("rdk_p1k_lz4", "msgs_s", "rdkafka_performance produce 1 KiB lz4, msg/s"),
+    ("rdk_p100_zstd", "msgs_s", "rdkafka_performance produce 100 B zstd, msg/s"),
+    ("rdk_p1k_zstd", "msgs_s", "rdkafka_performance produce 1 KiB zstd, msg/s"),
+    ("rdk_p100_gzip", "msgs_s", "rdkafka_performance produce 100 B gzip, msg/s"),
+    ("rdk_p1k_gzip", "msgs_s", "rdkafka_performance produce 1 KiB gzip, msg/s"),
+    ("rdk_p100_snappy", "msgs_s", "rdkafka_performance produce 100 B snappy, msg/s"),
+    ("rdk_p1k_snappy", "msgs_s", "rdkafka_performance produce 1 KiB snappy, msg/s"),
     ("rdk_c1k", "mb_s", "rdkafka_performance consume 1 KiB (page cache), MB/s"),
     ("rdk_c100", "msgs_s", "rdkafka_performance consume 100 B (page cache), msg/s"),
     ("ck_p100", "msgs_s", "ck_perf.py produce 100 B, msg/s"),
@@ -135,6 +144,22 @@ def main():
               + " | ".join("—" for _ in present) + f" | {c2} | — | {r2} (1 KiB produce) |")
     if missing:
         print(f"\nNot measured in this run: {', '.join(missing)}.")
+
+    # ---------------------------------------------------------------- two builds, one run
+    if any(r["variant"] == "strait_base" for r in rows):
+        print("\n### strait vs strait_base (same run, ratio per round: median (min-max))\n")
+        print("| produce run | strait msg/s | strait_base msg/s | msg/s ratio | broker CPU-s ratio |")
+        print("|---|---|---|---|---|")
+        tests = sorted({r["test"] for r in rows if r["test"].startswith(("rdk_p", "ck_p"))})
+        for test in tests:
+            a = by_round(rows, "strait", test, "msgs_s")
+            b = by_round(rows, "strait_base", test, "msgs_s")
+            if not a or not b:
+                continue
+            ca = by_round(rows, "strait", test, "broker_cpu_s")
+            cb = by_round(rows, "strait_base", test, "broker_cpu_s")
+            print(f"| {test} | {cell(list(a.values()))[0]} | {cell(list(b.values()))[0]} | "
+                  f"{ratio_cell(a, b)[0]} | {ratio_cell(ca, cb)[0]} |")
 
     # ---------------------------------------------------------------- targets
     print("\n### Targets (strait, fsync always)\n")

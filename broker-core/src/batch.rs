@@ -186,8 +186,9 @@ pub fn compute_crc(batch: &[u8]) -> u32 {
     crc32c::crc32c(&batch[ATTRIBUTES..])
 }
 
-/// Checks one complete batch: header, length, CRC. `batch` must hold exactly the batch.
-pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
+/// Parses the header of a batch that `batch` must hold exactly (no byte more or less); checks
+/// no CRC.
+pub fn parse_exact(batch: &[u8]) -> Result<BatchHeader, BatchError> {
     let header = BatchHeader::parse(batch)?;
     let total = header.total_len();
     if batch.len() < total {
@@ -199,6 +200,12 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
     if batch.len() > total {
         return Err(BatchError::TrailingBytes(batch.len() - total));
     }
+    Ok(header)
+}
+
+/// Checks one complete batch: header, length, CRC. `batch` must hold exactly the batch.
+pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
+    let header = parse_exact(batch)?;
     let computed = compute_crc(batch);
     if computed != header.crc {
         return Err(BatchError::CrcMismatch {

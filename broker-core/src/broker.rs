@@ -24,6 +24,7 @@ use crate::log::{LogError, PartitionLog};
 use crate::producer_state::{
     AbortedTxn, ProducerInfo, ProducerStateTable, SequenceError, SequenceVerdict,
 };
+use crate::records::{self, BatchOrigin, RecordsError, DEFAULT_MAX_DECOMPRESSED};
 use crate::txn::TxnCoordinator;
 
 /// Largest partition count one request may create, to keep a typo from opening a million files.
@@ -97,6 +98,9 @@ pub enum BrokerError {
     Config(#[from] ConfigError),
     #[error("invalid record batch: {0}")]
     InvalidBatch(#[from] BatchError),
+    /// The records inside a batch are malformed (or do not decompress); nothing was stored.
+    #[error("invalid record batch: {0}")]
+    InvalidRecords(#[from] RecordsError),
     #[error("record batch of {size} bytes exceeds max.message.bytes={max}")]
     BatchTooLarge { size: usize, max: usize },
     #[error("producers may not write control batches")]
@@ -182,7 +186,7 @@ pub struct AppendOutcome {
 }
 
 /// What a mirrored append did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MirrorAppend {
     pub appended_batches: usize,
     /// Batches already present (resent after a reconnect) and skipped.
@@ -191,6 +195,18 @@ pub struct MirrorAppend {
     pub appended_records: i64,
     /// The log end offset afterwards.
     pub end_offset: i64,
+    /// A batch that failed validation: it and everything after it in the call were not
+    /// written (the batches before it were). The caller must not go on past it.
+    pub refused: Option<RefusedBatch>,
+}
+
+/// A batch the mirror path refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedBatch {
+    /// Where the refused bytes start: the batch's base offset, or the log end offset when its
+    /// header cannot be read.
+    pub offset: i64,
+    pub reason: String,
 }
 
 /// Offsets of a partition as ListOffsets/Fetch report them.
@@ -385,6 +401,8 @@ impl Partition {
         if header.is_control() {
             return Err(BrokerError::ControlBatchFromClient);
         }
+        // Every record, before the lock (decompression must not hold up other producers).
+        records::validate_records(&batch, BatchOrigin::Producer, DEFAULT_MAX_DECOMPRESSED)?;
         let now = now_ms();
         let mut state = self.lock();
         match state.producers.check(&header) {
@@ -453,15 +471,20 @@ impl Partition {
         notify: &Notify,
     ) -> Result<MirrorAppend, BrokerError> {
         self.check_online()?;
+        let (valid, refusal) = check_mirrored_records(batches);
         let now = now_ms();
         let mut state = self.lock();
         let mut result = MirrorAppend {
             end_offset: state.log.log_end_offset(),
             ..MirrorAppend::default()
         };
-        for batch in batch::Batches::new(batches) {
+        result.refused = refusal.map(|(offset, e)| RefusedBatch {
+            offset: offset.unwrap_or(result.end_offset),
+            reason: e.to_string(),
+        });
+        for batch in batch::Batches::new(&batches[..valid]) {
             let batch = batch?;
-            let header = batch::validate(batch)?;
+            let header = BatchHeader::parse(batch)?; // validated whole above
             let end = state.log.log_end_offset();
             if header.last_offset() < end {
                 result.skipped_batches += 1;
@@ -1449,6 +1472,37 @@ impl Broker {
     }
 }
 
+/// Mirror path, before anything is stored: every batch copied from a source must be as sound
+/// as a produced batch (header, CRC, and every record, with the offset rules of a log that
+/// compaction may have thinned). This is the destination's half of a pair assertion: the
+/// source checked its producers' batches the same way, and a source that did not (a foreign
+/// Kafka cluster, a bug) cannot write a broken batch here.
+///
+/// Returns the length of the valid prefix of `batches` and, if a batch failed, its base
+/// offset (when its header could be read) and why.
+fn check_mirrored_records(batches: &[u8]) -> (usize, Option<(Option<i64>, BrokerError)>) {
+    let mut valid = 0;
+    let mut iter = batch::Batches::new(batches);
+    for batch in &mut iter {
+        let checked = batch.map_err(BrokerError::from).and_then(|batch| {
+            batch::validate(batch)?;
+            records::validate_records(batch, BatchOrigin::Mirror, DEFAULT_MAX_DECOMPRESSED)?;
+            Ok(batch.len())
+        });
+        match checked {
+            Ok(len) => valid += len,
+            Err(e) => {
+                let offset = batches
+                    .get(valid..)
+                    .and_then(|rest| batch::BatchHeader::parse(rest).ok())
+                    .map(|h| h.base_offset);
+                return (valid, Some((offset, e)));
+            }
+        }
+    }
+    (valid, None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1693,6 +1747,76 @@ mod tests {
             .unwrap();
         assert_eq!(op.offsets().log_start_offset, 5);
         assert_eq!(op.offsets().log_end_offset, 11);
+    }
+
+    /// `good` with its recordsCount raised by one and the CRC fixed: a batch that lies.
+    fn lying_count(good: &[u8]) -> Vec<u8> {
+        let mut h = BatchHeader::parse(good).unwrap();
+        h.records_count += 1;
+        h.last_offset_delta += 1;
+        batch::assemble(&h, &good[batch::HEADER_LEN..])
+    }
+
+    #[tokio::test]
+    async fn batches_with_malformed_records_are_refused_on_both_paths_and_store_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = TopicConfig::default();
+        let b = open(dir.path());
+        let new = |name: &str| NewTopic {
+            name: name.into(),
+            partitions: 1,
+            config: cfg.clone(),
+        };
+        b.create_topic(new("p")).unwrap();
+        b.create_mirror_topic(new("m"), "east-west").unwrap();
+        let p = b.partition("p", 0).unwrap();
+        let good = build(&[b"a", b"bb"], 1);
+        let lying = lying_count(&good);
+        assert!(
+            batch::validate_produced(&lying).is_ok(),
+            "header and CRC are fine"
+        );
+
+        // Produce: refused with the record at fault, nothing stored, the next batch is fine.
+        let e = p
+            .append_produced(lying.clone(), &cfg, FsyncPolicy::Never, &b.data_arrived)
+            .unwrap_err();
+        match &e {
+            BrokerError::InvalidRecords(r) => assert_eq!(r.record_index(), Some(2), "{e}"),
+            other => panic!("want InvalidRecords, got {other:?}"),
+        }
+        assert_eq!(p.offsets().log_end_offset, 0);
+        let out = p
+            .append_produced(good.clone(), &cfg, FsyncPolicy::Never, &b.data_arrived)
+            .unwrap();
+        assert_eq!((out.base_offset, out.end_offset), (0, 2));
+
+        // Mirror: of a good batch, a lying one and another good one, only the first is stored,
+        // and the refusal says where and why.
+        let m = b.partition("m", 0).unwrap();
+        let mut second = lying.clone();
+        batch::stamp_offset_and_epoch(&mut second, 2, 0);
+        let mut third = good.clone();
+        batch::stamp_offset_and_epoch(&mut third, 5, 0);
+        let frame = [good.clone(), second, third].concat();
+        let r = m
+            .append_mirrored(&frame, FsyncPolicy::Never, &b.data_arrived)
+            .unwrap();
+        assert_eq!((r.appended_batches, r.end_offset), (1, 2), "{r:?}");
+        let refused = r.refused.expect("the lying batch is refused");
+        assert_eq!(refused.offset, 2, "{refused:?}");
+        assert!(refused.reason.contains("record 2 of 3"), "{refused:?}");
+        assert_eq!(
+            m.offsets().log_end_offset,
+            2,
+            "nothing from the lying batch on"
+        );
+        // A frame that starts with the refused batch stores nothing.
+        let r = m
+            .append_mirrored(&frame[good.len()..], FsyncPolicy::Never, &b.data_arrived)
+            .unwrap();
+        assert_eq!((r.appended_batches, r.end_offset), (0, 2), "{r:?}");
+        assert!(r.refused.is_some());
     }
 
     #[tokio::test]

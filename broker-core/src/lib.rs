@@ -9,6 +9,8 @@
 //! - [`group`]: the consumer-group coordinator and durable committed offsets.
 //! - [`txn`]: the transaction coordinator (two-phase end, markers, timeouts).
 //! - [`broker`]: broker state: topics, partitions, high watermarks, background tasks.
+//! - [`records`]: the records inside a batch: bounded streaming decompression, the record
+//!   walker, and the validation of produced and mirrored batches (Kafka's LogValidator rules).
 //! - [`protocol`]: Kafka request dispatch and handlers (sans-IO: frame in, reply out).
 //! - [`server`]: the TCP listener and per-connection request pipeline.
 
@@ -21,6 +23,7 @@ pub mod group;
 pub mod log;
 pub mod producer_state;
 pub mod protocol;
+pub mod records;
 pub mod server;
 pub mod txn;
 

@@ -1,6 +1,7 @@
 //! Hostile clients over raw TCP: truncated frames, element counts of 2^31 in tiny bodies,
 //! negative, zero and oversized length prefixes, garbage, unknown API keys and versions,
-//! Produce requests with corrupt batches (must get CORRUPT_MESSAGE), and thousands of random
+//! Produce requests with corrupt batches (must get CORRUPT_MESSAGE), CRC-valid batches whose
+//! records lie (INVALID_RECORD naming the record; nothing stored), and thousands of random
 //! and mutated frames from a seeded RNG (seed printed). After every case the broker process
 //! must still run, answer ApiVersions and Metadata on a fresh connection, and its peak RSS
 //! (`VmHWM`) must stay bounded.
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use common::{
     api_versions_request, assert_broker_answers, client_config, create_topic, encode_request,
-    poll_until, Broker, BrokerOptions, KafkaConn, Rng,
+    framed_record, poll_until, record_fields, zigzag, Broker, BrokerOptions, KafkaConn, Rng,
 };
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
@@ -470,6 +471,277 @@ fn produce_with_corrupt_batch_gets_corrupt_message() {
         .expect("watermarks");
     assert_eq!(wm, (0, 2 * N as i64), "watermarks after 2 valid batches");
     check_alive(&mut broker, "after corrupt batches");
+}
+
+fn compress_section(codec: i16, section: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    match codec {
+        0 => section.to_vec(),
+        1 => {
+            let mut g = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            g.write_all(section).unwrap();
+            g.finish().unwrap()
+        }
+        2 => snap::raw::Encoder::new().compress_vec(section).unwrap(),
+        3 => {
+            let mut l = lz4_flex::frame::FrameEncoder::new(Vec::new());
+            l.write_all(section).unwrap();
+            l.finish().unwrap()
+        }
+        4 => zstd::encode_all(section, 1).unwrap(),
+        other => panic!("codec {other}"),
+    }
+}
+
+/// A RecordBatch v2 around `section` (compressed with `codec`), declaring `count` records and
+/// `last_offset_delta`, with a correct CRC: only the records inside lie.
+fn lying_batch(codec: i16, section: &[u8], count: i32, last_offset_delta: i32) -> Bytes {
+    let body = compress_section(codec, section);
+    Bytes::from(common::record_batch_v2(
+        0,
+        codec,
+        count,
+        last_offset_delta,
+        &body,
+    ))
+}
+
+/// A Produce request with one batch for each of the given partitions of `topic`.
+fn produce_partitions(topic: &str, batches: Vec<(i32, Bytes)>) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partition_data(
+                batches
+                    .into_iter()
+                    .map(|(index, records)| {
+                        PartitionProduceData::default()
+                            .with_index(index)
+                            .with_records(Some(records))
+                    })
+                    .collect(),
+            )])
+}
+
+/// A lying batch: what it holds, and what the broker must answer.
+struct LyingCase {
+    what: &'static str,
+    section: Vec<u8>,
+    count: i32,
+    last_offset_delta: i32,
+    /// The record `record_errors` must name.
+    record_index: Option<i32>,
+    /// Part of the error message.
+    message: &'static str,
+}
+
+fn lying_cases() -> Vec<LyingCase> {
+    let rec = |delta: i64| framed_record(&record_fields(delta, b"value"));
+    let three: Vec<u8> = [rec(0), rec(1), rec(2)].concat();
+    let with_length = |length: i64, fields: Vec<u8>| {
+        let mut r = Vec::new();
+        zigzag(&mut r, length);
+        r.extend_from_slice(&fields);
+        r
+    };
+    let endless_varint = {
+        let mut f = vec![0, 0];
+        f.extend_from_slice(&[0xff; 6]);
+        framed_record(&f)
+    };
+    let header_count_past_end = {
+        let mut f = record_fields(0, b"value");
+        f.pop();
+        zigzag(&mut f, 40);
+        framed_record(&f)
+    };
+    let key_past_record = {
+        let mut f = vec![0, 0, 0];
+        zigzag(&mut f, 300);
+        f.extend_from_slice(b"short key");
+        framed_record(&f)
+    };
+    vec![
+        LyingCase {
+            what: "count larger than the records",
+            section: rec(0),
+            count: 3,
+            last_offset_delta: 2,
+            record_index: Some(1),
+            message: "the records end after 1 of the 3",
+        },
+        LyingCase {
+            what: "count smaller than the records",
+            section: three.clone(),
+            count: 1,
+            last_offset_delta: 0,
+            record_index: None,
+            message: "left after the 1 records",
+        },
+        LyingCase {
+            what: "negative record length",
+            section: [rec(0), with_length(-7, record_fields(1, b"value"))].concat(),
+            count: 2,
+            last_offset_delta: 1,
+            record_index: Some(1),
+            message: "negative length -7",
+        },
+        LyingCase {
+            what: "oversized record length",
+            section: with_length(5000, record_fields(0, b"value")),
+            count: 1,
+            last_offset_delta: 0,
+            record_index: Some(0),
+            message: "record 0 of 1",
+        },
+        LyingCase {
+            what: "bad varint",
+            section: endless_varint,
+            count: 1,
+            last_offset_delta: 0,
+            record_index: Some(0),
+            message: "varint longer than 5 bytes",
+        },
+        LyingCase {
+            what: "offset deltas out of order",
+            section: [rec(0), rec(2), rec(1)].concat(),
+            count: 3,
+            last_offset_delta: 2,
+            record_index: Some(1),
+            message: "offsetDelta 2 where 1 was expected",
+        },
+        LyingCase {
+            what: "trailing bytes",
+            section: [rec(0), vec![1, 2, 3]].concat(),
+            count: 1,
+            last_offset_delta: 0,
+            record_index: None,
+            message: "3 bytes left",
+        },
+        LyingCase {
+            what: "header count past the end",
+            section: header_count_past_end,
+            count: 1,
+            last_offset_delta: 0,
+            record_index: Some(0),
+            message: "header count 40",
+        },
+        LyingCase {
+            what: "key length past the record",
+            section: key_past_record,
+            count: 1,
+            last_offset_delta: 0,
+            record_index: Some(0),
+            message: "key needs 300 bytes",
+        },
+    ]
+}
+
+#[test]
+fn produce_with_lying_records_gets_invalid_record_and_stores_nothing() {
+    let mut broker = hostile_broker("lying");
+    let topic = "lying-records";
+    create_topic(broker.bootstrap(), topic, 2, &[]);
+    let mut c = KafkaConn::connect(broker.bootstrap()).expect("connect");
+    let good = |n: usize| batch(&test_records(n, "good")).freeze();
+    let mut good_offset = 0i64;
+    let mut refused = 0;
+    for codec in 0..=4i16 {
+        for case in lying_cases() {
+            let what = format!("{} (codec {codec})", case.what);
+            let bad = lying_batch(codec, &case.section, case.count, case.last_offset_delta);
+            // Partition 0 gets the lying batch, partition 1 a good one in the same request.
+            let r: ProduceResponse = c
+                .request(&produce_partitions(topic, vec![(0, bad), (1, good(2))]), 9)
+                .unwrap_or_else(|e| panic!("{what}: Produce v9 must be answered: {e:#}"));
+            let parts = &r.responses[0].partition_responses;
+            let p0 = parts.iter().find(|p| p.index == 0).expect("partition 0");
+            let p1 = parts.iter().find(|p| p.index == 1).expect("partition 1");
+            assert_eq!(
+                (p0.error_code, p0.base_offset),
+                (87, -1),
+                "{what}: want INVALID_RECORD; {p0:?}"
+            );
+            let message = p0
+                .error_message
+                .as_ref()
+                .map(|m| m.to_string())
+                .unwrap_or_default();
+            assert!(
+                message.contains(case.message),
+                "{what}: error_message {message:?} lacks {:?}",
+                case.message
+            );
+            let indexes: Vec<i32> = p0.record_errors.iter().map(|e| e.batch_index).collect();
+            assert_eq!(
+                indexes,
+                case.record_index.into_iter().collect::<Vec<_>>(),
+                "{what}: record_errors {:?}",
+                p0.record_errors
+            );
+            assert_eq!(
+                (p1.error_code, p1.base_offset),
+                (0, good_offset),
+                "{what}: the good partition; {p1:?}"
+            );
+            good_offset += 2;
+            refused += 1;
+        }
+        // Compressed bytes that do not decompress: CORRUPT_MESSAGE.
+        if codec != 0 {
+            let mut section = compress_section(codec, &framed_record(&record_fields(0, &[7; 300])));
+            let cut = section.len() / 2;
+            section.truncate(cut);
+            let mut b = BytesMut::from(&lying_batch(0, &section, 1, 0)[..]);
+            b[21..23].copy_from_slice(&codec.to_be_bytes());
+            let crc = common::crc32c_append(0, &b[21..]);
+            b[17..21].copy_from_slice(&crc.to_be_bytes());
+            let r: ProduceResponse = c
+                .request(&produce_request(topic, b.freeze()), 9)
+                .expect("Produce v9 with a truncated compressed section");
+            let code = produce_result(&r).0;
+            assert!(
+                code == 2 || code == 87,
+                "codec {codec} cut: want CORRUPT_MESSAGE or INVALID_RECORD; {r:?}"
+            );
+            refused += 1;
+        }
+    }
+    // Before v8 the answer has no message, only the code.
+    let case = &lying_cases()[0];
+    let bad = lying_batch(4, &case.section, case.count, case.last_offset_delta);
+    let r: ProduceResponse = c
+        .request(&produce_request(topic, bad), 7)
+        .expect("Produce v7");
+    assert_eq!(produce_result(&r), (87, -1), "Produce v7: {r:?}");
+    println!("[lying] {refused} lying batches refused");
+
+    // Nothing of partition 0 was stored; a well-formed batch on the same connection lands at 0.
+    let r: ProduceResponse = c
+        .request(&produce_request(topic, good(3)), 9)
+        .expect("Produce v9 after the lying batches");
+    assert_eq!(
+        produce_result(&r),
+        (0, 0),
+        "good batch after the lying ones: {r:?}"
+    );
+    let consumer: BaseConsumer = client_config(broker.bootstrap())
+        .create()
+        .expect("consumer");
+    let p0 = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .expect("watermarks");
+    let p1 = consumer
+        .fetch_watermarks(topic, 1, Duration::from_secs(10))
+        .expect("watermarks");
+    assert_eq!(
+        (p0, p1),
+        ((0, 3), (0, good_offset)),
+        "watermarks of partitions 0 and 1"
+    );
+    check_alive(&mut broker, "after lying batches");
 }
 
 /// Valid requests of every API the fuzzer mutates (no admin APIs: a mutated CreateTopics could

@@ -35,8 +35,9 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use common::{
     block_on, client_config, consumer_config, crc32c_append, create_topic, describe_topic_configs,
-    free_port, free_udp_port, link_tls_args, now_ms, poll_until, segment_files, strait_cli,
-    strait_cli_ok, AdminApi, Broker, BrokerOptions, KafkaConn, LinkCerts, Rng, UdpRelay,
+    framed_record, free_port, free_udp_port, link_tls_args, now_ms, poll_until, record_fields,
+    segment_files, strait_cli, strait_cli_ok, AdminApi, Broker, BrokerOptions, KafkaConn,
+    LinkCerts, Rng, UdpRelay,
 };
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
@@ -1660,5 +1661,106 @@ fn source_initiated_link_mirrors_and_survives_a_source_restart() {
     println!(
         "[fw] {} records identical on east and west after the source's restart",
         east_ends.iter().sum::<i64>()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 8. A structurally broken batch on the source stops its partition, nothing else
+
+/// A source whose log holds a CRC-valid batch with lying records (what a foreign cluster or a
+/// bug could serve; Strait's own Produce refuses such a batch) must not get it into the
+/// mirror: the destination checks every record again, writes nothing of the batch, stops that
+/// partition with the reason in the link status and metrics, and mirrors the rest of the link.
+#[test]
+fn invalid_source_batch_stops_its_partition_only() {
+    const TOPIC: &str = "bad.events";
+    const LINK: &str = "bad-link";
+    let mut pair = start_pair("invalid");
+    let east = pair.east.bootstrap().to_string();
+    let west = pair.west.bootstrap().to_string();
+    create_topic(&east, TOPIC, 2, &[]);
+    produce_ok(&east, TOPIC, Some(0), 20, "before");
+    produce_ok(&east, TOPIC, Some(1), 20, "before");
+
+    // East stopped: append a batch that declares 2 records and holds 1 to partition 0's active
+    // segment. Its header and CRC are valid, so east's recovery keeps it.
+    pair.east.stop();
+    let dir = pair.east.partition_dir(TOPIC, 0);
+    let active = segment_files(&dir)
+        .into_iter()
+        .max_by_key(|p| common::segment_base_offset(p))
+        .expect("partition 0 has a segment");
+    let lying = common::record_batch_v2(20, 0, 2, 1, &framed_record(&record_fields(0, b"lying")));
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&active)
+        .expect("open the active segment");
+    std::io::Write::write_all(&mut file, &lying).expect("append the lying batch");
+    drop(file);
+    pair.east.restart();
+    assert_eq!(
+        high_watermarks(&east, TOPIC, 2).expect("east watermarks"),
+        vec![22, 20],
+        "east recovered the lying batch (offsets 20..21)"
+    );
+    produce_ok(&east, TOPIC, Some(0), 10, "after");
+    produce_ok(&east, TOPIC, Some(1), 10, "after");
+
+    create_link(&pair.admin, LINK, &pair.source_addr, &["--topics", TOPIC]);
+    // Partition 1 is mirrored whole; partition 0 up to the lying batch, then stops.
+    let mut last = Value::Null;
+    let stopped = poll_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        let Ok(status) = pair.admin.link_status(LINK) else {
+            return false;
+        };
+        let p0 = partition_status(&status, TOPIC, 0).map(|p| text(p, "state"));
+        let p1_end = partition_status(&status, TOPIC, 1).map(|p| int(p, "destination_end_offset"));
+        last = status.clone();
+        text(&status, "state") == "active"
+            && p0.is_some_and(|s| s.starts_with("failed: stopped"))
+            && p1_end == Some(30)
+    });
+    assert!(
+        stopped,
+        "partition 0 not stopped (or partition 1 not mirrored) within 30 s; last status: {last}"
+    );
+    let p0 = partition_status(&last, TOPIC, 0).expect("partition 0 status");
+    let state = text(p0, "state");
+    println!("[invalid] partition 0: {state}");
+    assert!(
+        state.contains("at offset 20") && state.contains("record 1 of 2"),
+        "the reason should give the offset and the record at fault: {state}"
+    );
+    assert_eq!(int(p0, "destination_end_offset"), 20, "{p0}");
+
+    // Nothing of the lying batch or of what follows it reaches the mirror, also later.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        high_watermarks(&west, TOPIC, 2).expect("west watermarks"),
+        vec![20, 30],
+        "west must hold partition 0 up to the lying batch and all of partition 1"
+    );
+    let metrics = pair.admin.metrics().expect("metrics");
+    let active_line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("strait_link_partition_active{")
+                && l.contains(&format!("topic=\"{TOPIC}\""))
+                && l.contains("partition=\"0\"")
+        })
+        .unwrap_or_else(|| panic!("no strait_link_partition_active for {TOPIC}-0 in:\n{metrics}"));
+    assert!(
+        active_line.ends_with(" 0"),
+        "partition 0 must not count as active: {active_line}"
+    );
+
+    // The rest of the link goes on.
+    produce_ok(&east, TOPIC, Some(1), 5, "later");
+    let more = poll_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        high_watermarks(&west, TOPIC, 2).is_ok_and(|w| w == vec![20, 35])
+    });
+    assert!(
+        more,
+        "partition 1 stopped following after partition 0 stopped"
     );
 }

@@ -12,7 +12,6 @@ mod groups;
 mod metadata;
 mod offsets;
 mod produce;
-pub mod records;
 mod txn;
 
 use std::future::Future;
@@ -25,8 +24,10 @@ use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeade
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes, VersionRange};
 use thiserror::Error;
 
+use crate::batch::BatchError;
 use crate::broker::{Broker, BrokerError};
 use crate::log::LogError;
+use crate::records::RecordsError;
 
 /// A response still being computed (acks=-1 produce, long-poll fetch).
 pub type PendingReply =
@@ -321,18 +322,15 @@ pub(crate) fn error_code(e: &BrokerError) -> i16 {
         B::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
         B::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
         B::Config(_) => ResponseError::InvalidConfig,
-        B::InvalidBatch(crate::batch::BatchError::CrcMismatch { .. }) => {
-            ResponseError::CorruptMessage
+        B::InvalidBatch(e) | B::InvalidRecords(RecordsError::Batch(e)) => batch_error(e),
+        // Records that are there but wrong: Kafka's InvalidRecordException.
+        B::InvalidRecords(RecordsError::Malformed(_) | RecordsError::MalformedRecord { .. }) => {
+            ResponseError::InvalidRecord
         }
-        B::InvalidBatch(crate::batch::BatchError::UnsupportedMagic(_)) => {
-            ResponseError::UnsupportedForMessageFormat
-        }
-        // Kafka: more than one batch per partition (or a bad record count) is INVALID_RECORD.
-        B::InvalidBatch(
-            crate::batch::BatchError::TrailingBytes(_)
-            | crate::batch::BatchError::BadRecordCount { .. },
-        ) => ResponseError::InvalidRecord,
-        B::InvalidBatch(_) => ResponseError::CorruptMessage,
+        // Compressed bytes that do not decompress: the data is corrupt.
+        B::InvalidRecords(RecordsError::Decompress { .. }) => ResponseError::CorruptMessage,
+        // Past the decompression cap: a producer splits the batch and retries.
+        B::InvalidRecords(RecordsError::TooLarge { .. }) => ResponseError::MessageTooLarge,
         B::BatchTooLarge { .. } => ResponseError::MessageTooLarge,
         B::ControlBatchFromClient => ResponseError::InvalidRecord,
         B::MirrorTopicReadOnly { .. } => ResponseError::PolicyViolation,
@@ -346,6 +344,23 @@ pub(crate) fn error_code(e: &BrokerError) -> i16 {
         }
     };
     err.code()
+}
+
+/// The Kafka error for a batch whose framing or header is wrong.
+fn batch_error(e: &BatchError) -> ResponseError {
+    match e {
+        BatchError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat,
+        // Kafka: more than one batch per partition (or a bad record count) is INVALID_RECORD.
+        BatchError::TrailingBytes(_) | BatchError::BadRecordCount { .. } => {
+            ResponseError::InvalidRecord
+        }
+        // A CRC mismatch, and lengths that do not frame the batch.
+        BatchError::CrcMismatch { .. }
+        | BatchError::ShortHeader(_)
+        | BatchError::BadLength(_)
+        | BatchError::Truncated { .. }
+        | BatchError::UnknownCompression(_) => ResponseError::CorruptMessage,
+    }
 }
 
 /// Error message for responses that carry one (None when there is no error).

@@ -15,9 +15,9 @@ use kafka_protocol::messages::{
     OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
 };
 
-use super::records::{self, RecordMeta, DEFAULT_MAX_DECOMPRESSED};
 use super::{error_code, Ctx, ProtocolError, Reply};
 use crate::broker::{BrokerError, Partition, LEADER_EPOCH};
+use crate::records::{self, RecordMeta, DEFAULT_MAX_DECOMPRESSED};
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;

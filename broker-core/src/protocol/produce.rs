@@ -1,13 +1,19 @@
-//! Produce: validate each partition's single v2 batch, append it in request order, then answer
-//! according to `acks` (0: no response, 1: after the write, -1: after it is durable).
+//! Produce: validate each partition's single v2 batch (header, CRC and every record; see
+//! [`crate::records`]), append it in request order, then answer according to `acks` (0: no
+//! response, 1: after the write, -1: after it is durable). A refused batch stores nothing and
+//! leaves the request's other partitions unaffected; from v8 on the answer names the record at
+//! fault (`record_errors`) and says what was wrong (`error_message`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
 
 use super::{encode_response, error_code, error_message, Ctx, ProtocolError, Reply};
 use crate::broker::{AppendOutcome, BrokerError, Partition};
@@ -72,6 +78,16 @@ fn partition_response(version: i16, r: &PartitionResult) -> PartitionProduceResp
             resp = resp.with_error_code(error_code(e)).with_base_offset(-1);
             if version >= 8 {
                 resp = resp.with_error_message(error_message(e));
+                if let BrokerError::InvalidRecords(invalid) = e {
+                    // Name the record at fault, as Kafka's LogValidator does.
+                    if let Some(index) = invalid.record_index() {
+                        resp = resp.with_record_errors(vec![BatchIndexAndErrorMessage::default()
+                            .with_batch_index(index as i32)
+                            .with_batch_index_error_message(Some(StrBytes::from_string(
+                                invalid.to_string(),
+                            )))]);
+                    }
+                }
             }
         }
     }

@@ -510,6 +510,8 @@ async fn run_lane(
         }
         anyhow::Ok(())
     }));
+    // Partitions stopped by an invalid batch: their data is dropped for this connection.
+    let mut stopped: BTreeSet<(String, i32)> = BTreeSet::new();
     loop {
         let next = tokio::time::timeout(
             SILENCE_LIMIT,
@@ -534,6 +536,12 @@ async fn run_lane(
         shared.wire_bytes.fetch_add(wire, Ordering::Relaxed);
         let mut appended: Vec<(Arc<Partition>, i64)> = Vec::new();
         for entry in &data.entries {
+            if stopped
+                .iter()
+                .any(|(t, i)| *t == entry.topic && *i == entry.partition)
+            {
+                continue;
+            }
             let Some(p) = find(&entry.topic, entry.partition) else {
                 bail!(
                     "protocol error: data for {}-{}, which this stream did not subscribe",
@@ -551,8 +559,23 @@ async fn run_lane(
             }
             let mut bytes = 0;
             let mut records = 0;
+            let mut stop_reason = None;
             if !entry.batches.is_empty() {
                 let r = p.append_mirrored(&entry.batches, fsync, &notify)?;
+                if let Some(refused) = &r.refused {
+                    // A structurally broken batch from the source: it was not written (the
+                    // batches before it were). Retrying would fetch the same bytes, so the
+                    // partition stops here, the rest of the link goes on, and the status says
+                    // why.
+                    let reason = format!(
+                        "stopped: the source sent an invalid record batch at offset {}, which \
+                         was not written: {}",
+                        refused.offset, refused.reason
+                    );
+                    tracing::error!(link = %spec.name, topic = %entry.topic, partition = entry.partition, %reason,
+                        "mirror partition stopped");
+                    stop_reason = Some(reason);
+                }
                 bytes = r.appended_bytes;
                 records = r.appended_records.max(0) as u64;
                 p.start_sync(fsync, &notify);
@@ -569,6 +592,10 @@ async fn run_lane(
                 bytes,
                 records,
             );
+            if let Some(reason) = stop_reason {
+                shared.partition_failure(&entry.topic, entry.partition, Some(reason));
+                stopped.insert((entry.topic.clone(), entry.partition));
+            }
         }
         if !appended.is_empty() && ack_tx.send(appended).await.is_err() {
             // The ack task ended: it failed (durability or the stream); report why.

@@ -770,6 +770,67 @@ pub fn stored_batches(path: &Path) -> Option<Vec<StoredBatch>> {
     Some(out)
 }
 
+/// Zig-zag varint, as records encode their fields.
+pub fn zigzag(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        out.push(z as u8 | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+}
+
+/// The fields of a record (after its length): no key, `value`, no headers.
+pub fn record_fields(offset_delta: i64, value: &[u8]) -> Vec<u8> {
+    let mut f = vec![0]; // attributes
+    zigzag(&mut f, 0); // timestampDelta
+    zigzag(&mut f, offset_delta);
+    zigzag(&mut f, -1); // null key
+    zigzag(&mut f, value.len() as i64);
+    f.extend_from_slice(value);
+    zigzag(&mut f, 0); // no headers
+    f
+}
+
+/// A record with its true length prefix.
+pub fn framed_record(fields: &[u8]) -> Vec<u8> {
+    let mut r = Vec::new();
+    zigzag(&mut r, fields.len() as i64);
+    r.extend_from_slice(fields);
+    r
+}
+
+/// A RecordBatch v2 (no producer id) around a records `section` given as it is (compressed
+/// or not, per `attributes`), declaring `count` records and `last_offset_delta`, with a
+/// correct CRC-32C: whatever the section holds, the batch header is valid.
+pub fn record_batch_v2(
+    base_offset: i64,
+    attributes: i16,
+    count: i32,
+    last_offset_delta: i32,
+    section: &[u8],
+) -> Vec<u8> {
+    let now = now_ms();
+    let mut b = Vec::with_capacity(61 + section.len());
+    b.extend_from_slice(&base_offset.to_be_bytes());
+    b.extend_from_slice(&((49 + section.len()) as i32).to_be_bytes()); // batchLength
+    b.extend_from_slice(&(-1i32).to_be_bytes()); // partitionLeaderEpoch
+    b.push(2); // magic
+    b.extend_from_slice(&[0; 4]); // CRC, below
+    b.extend_from_slice(&attributes.to_be_bytes());
+    b.extend_from_slice(&last_offset_delta.to_be_bytes());
+    b.extend_from_slice(&now.to_be_bytes()); // baseTimestamp
+    b.extend_from_slice(&now.to_be_bytes()); // maxTimestamp
+    b.extend_from_slice(&(-1i64).to_be_bytes()); // producerId
+    b.extend_from_slice(&(-1i16).to_be_bytes()); // producerEpoch
+    b.extend_from_slice(&(-1i32).to_be_bytes()); // baseSequence
+    b.extend_from_slice(&count.to_be_bytes());
+    b.extend_from_slice(section);
+    let crc = crc32c_append(0, &b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
 /// CRC-32C (Castagnoli), bitwise; test-only, speed does not matter.
 pub fn crc32c_castagnoli(data: &[u8]) -> u32 {
     let mut crc = !0u32;
