@@ -12,6 +12,7 @@ import sys
 VARIANTS = [("strait", "strait (fsync always)"), ("strait_i5", "strait (fsync interval:5)"),
             ("strait_mt", "strait (fsync always, malloc mmap threshold 32 MiB)"),
             ("strait_base", "strait_base (STRAIT_BASE build, fsync always)"),
+            ("strait_base_i5", "strait_base (STRAIT_BASE build, fsync interval:5)"),
             ("tansu", "tansu 0.6.0 (sqlite)")]
 # (test, field, label)
 ROWS = [
@@ -146,20 +147,27 @@ def main():
         print(f"\nNot measured in this run: {', '.join(missing)}.")
 
     # ---------------------------------------------------------------- two builds, one run
-    if any(r["variant"] == "strait_base" for r in rows):
-        print("\n### strait vs strait_base (same run, ratio per round: median (min-max))\n")
-        print("| produce run | strait msg/s | strait_base msg/s | msg/s ratio | broker CPU-s ratio |")
-        print("|---|---|---|---|---|")
+    for new, base in (("strait", "strait_base"), ("strait_i5", "strait_base_i5")):
+        if not any(r["variant"] == base for r in rows):
+            continue
+        print(f"\n### {new} vs {base} (same run, ratio per round: median (min-max))\n")
+        print(f"| produce run | {new} msg/s | {base} msg/s | msg/s ratio | broker CPU-s ratio "
+              "| broker user CPU-s ratio |")
+        print("|---|---|---|---|---|---|")
         tests = sorted({r["test"] for r in rows if r["test"].startswith(("rdk_p", "ck_p"))})
         for test in tests:
-            a = by_round(rows, "strait", test, "msgs_s")
-            b = by_round(rows, "strait_base", test, "msgs_s")
+            a = by_round(rows, new, test, "msgs_s")
+            b = by_round(rows, base, test, "msgs_s")
             if not a or not b:
                 continue
-            ca = by_round(rows, "strait", test, "broker_cpu_s")
-            cb = by_round(rows, "strait_base", test, "broker_cpu_s")
+            ca = by_round(rows, new, test, "broker_cpu_s")
+            cb = by_round(rows, base, test, "broker_cpu_s")
+            sa = by_round(rows, new, test, "broker_sys_s")
+            sb = by_round(rows, base, test, "broker_sys_s")
+            ua = {k: ca[k] - sa.get(k, 0) for k in ca}
+            ub = {k: cb[k] - sb.get(k, 0) for k in cb}
             print(f"| {test} | {cell(list(a.values()))[0]} | {cell(list(b.values()))[0]} | "
-                  f"{ratio_cell(a, b)[0]} | {ratio_cell(ca, cb)[0]} |")
+                  f"{ratio_cell(a, b)[0]} | {ratio_cell(ca, cb)[0]} | {ratio_cell(ua, ub)[0]} |")
 
     # ---------------------------------------------------------------- targets
     print("\n### Targets (strait, fsync always)\n")

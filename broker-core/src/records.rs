@@ -394,39 +394,18 @@ impl Walker<'_> {
                 )));
             }
         }
-        let mut record = Record {
-            input: &mut *input,
-            left: length,
+        // Most records lie whole in the bytes at hand (always for uncompressed sections):
+        // their fields are read from one slice. The rest are read through the input.
+        let (timestamp_delta, offset_delta) = match input.contiguous(length) {
+            Some(body) => read_fields(&mut SliceFields(body), length)?,
+            None => read_fields(
+                &mut Record {
+                    input: &mut *input,
+                    left: length,
+                },
+                length,
+            )?,
         };
-        record.skip(1, "attributes")?;
-        let timestamp_delta = record.varlong("timestampDelta")?;
-        let offset_delta = record.varint("offsetDelta")?;
-        record.skip_nullable("key")?;
-        record.skip_nullable("value")?;
-        let headers = record.varint("header count")?;
-        let headers = usize::try_from(headers)
-            .map_err(|_| Fault::Record(format!("negative header count {headers}")))?;
-        // Each header uses at least two bytes, so a lying count is caught before any header.
-        if headers > record.left / 2 {
-            return Err(Fault::Record(format!(
-                "header count {headers} needs at least {} bytes but the record has {} left",
-                headers.saturating_mul(2),
-                record.left
-            )));
-        }
-        for _ in 0..headers {
-            let key_len = record.varint("header key length")?;
-            let key_len = usize::try_from(key_len)
-                .map_err(|_| Fault::Record(format!("negative header key length {key_len}")))?;
-            record.skip(key_len, "header key")?;
-            record.skip_nullable("header value")?;
-        }
-        if record.left != 0 {
-            return Err(Fault::Record(format!(
-                "length is {length} but the fields use {} bytes",
-                length - record.left
-            )));
-        }
         if let Some(rules) = &self.rules {
             rules
                 .check(index, offset_delta, *previous_delta)
@@ -456,47 +435,49 @@ impl Walker<'_> {
     }
 }
 
-/// The fields of one record: every read is checked against the bytes the record's length
-/// leaves, and against the end of the input.
-struct Record<'i, I> {
-    input: &'i mut I,
-    left: usize,
+/// Reads the fields of one record of `length` bytes (after its length prefix); returns
+/// (timestampDelta, offsetDelta). Every field must fit, and the fields must use exactly
+/// `length` bytes.
+fn read_fields<F: Fields>(record: &mut F, length: usize) -> Result<(i64, i32), Fault> {
+    record.skip(1, "attributes")?;
+    let timestamp_delta = record.varlong("timestampDelta")?;
+    let offset_delta = record.varint("offsetDelta")?;
+    record.skip_nullable("key")?;
+    record.skip_nullable("value")?;
+    let headers = record.varint("header count")?;
+    let headers = usize::try_from(headers)
+        .map_err(|_| Fault::Record(format!("negative header count {headers}")))?;
+    // Each header uses at least two bytes, so a lying count is caught before any header.
+    if headers > record.left() / 2 {
+        return Err(Fault::Record(format!(
+            "header count {headers} needs at least {} bytes but the record has {} left",
+            headers.saturating_mul(2),
+            record.left()
+        )));
+    }
+    for _ in 0..headers {
+        let key_len = record.varint("header key length")?;
+        let key_len = usize::try_from(key_len)
+            .map_err(|_| Fault::Record(format!("negative header key length {key_len}")))?;
+        record.skip(key_len, "header key")?;
+        record.skip_nullable("header value")?;
+    }
+    if record.left() != 0 {
+        return Err(Fault::Record(format!(
+            "length is {length} but the fields use {} bytes",
+            length - record.left()
+        )));
+    }
+    Ok((timestamp_delta, offset_delta))
 }
 
-impl<I: Input> Record<'_, I> {
-    fn byte(&mut self, what: &str) -> Result<u8, Fault> {
-        if self.left == 0 {
-            return Err(Fault::Record(format!(
-                "{what} runs past the record's length"
-            )));
-        }
-        match self.input.byte()? {
-            Some(b) => {
-                self.left -= 1;
-                Ok(b)
-            }
-            None => Err(Fault::Record(format!(
-                "{what}: truncated varint (the records end inside it)"
-            ))),
-        }
-    }
-
-    fn skip(&mut self, n: usize, what: &str) -> Result<(), Fault> {
-        if n > self.left {
-            return Err(Fault::Record(format!(
-                "{what} needs {n} bytes but the record has {} left",
-                self.left
-            )));
-        }
-        let skipped = self.input.skip(n)?;
-        self.left -= skipped;
-        if skipped < n {
-            return Err(Fault::Record(format!(
-                "{what} needs {n} bytes but the records end after {skipped}"
-            )));
-        }
-        Ok(())
-    }
+/// The bytes of one record's fields: every read is checked against what the record's length
+/// leaves (and, when streaming, against the end of the input).
+trait Fields {
+    fn byte(&mut self, what: &str) -> Result<u8, Fault>;
+    fn skip(&mut self, n: usize, what: &str) -> Result<(), Fault>;
+    /// Bytes of the record not read yet.
+    fn left(&self) -> usize;
 
     /// A varint-length-prefixed byte string where a negative length means null.
     fn skip_nullable(&mut self, what: &str) -> Result<(), Fault> {
@@ -508,6 +489,7 @@ impl<I: Input> Record<'_, I> {
     }
 
     /// An unsigned LEB128 value of at most `max_bytes` bytes (bits past 64 are dropped).
+    #[inline]
     fn unsigned(&mut self, max_bytes: u32, what: &str) -> Result<u64, Fault> {
         let mut value = 0u64;
         for i in 0..max_bytes {
@@ -523,15 +505,112 @@ impl<I: Input> Record<'_, I> {
     }
 
     /// A zig-zag varint (at most 5 bytes; like Kafka, bits past 32 are dropped).
+    #[inline]
     fn varint(&mut self, what: &str) -> Result<i32, Fault> {
         let raw = self.unsigned(5, what)? as u32;
         Ok((raw >> 1) as i32 ^ -((raw & 1) as i32))
     }
 
     /// A zig-zag varlong (at most 10 bytes).
+    #[inline]
     fn varlong(&mut self, what: &str) -> Result<i64, Fault> {
         let raw = self.unsigned(10, what)?;
         Ok((raw >> 1) as i64 ^ -((raw & 1) as i64))
+    }
+}
+
+fn past_the_length(what: &str) -> Fault {
+    Fault::Record(format!("{what} runs past the record's length"))
+}
+
+fn too_long(what: &str, n: usize, left: usize) -> Fault {
+    Fault::Record(format!(
+        "{what} needs {n} bytes but the record has {left} left"
+    ))
+}
+
+/// A whole record in one slice (the fast path).
+struct SliceFields<'a>(&'a [u8]);
+
+impl Fields for SliceFields<'_> {
+    #[inline]
+    fn byte(&mut self, what: &str) -> Result<u8, Fault> {
+        let (&b, rest) = self.0.split_first().ok_or_else(|| past_the_length(what))?;
+        self.0 = rest;
+        Ok(b)
+    }
+
+    #[inline]
+    fn skip(&mut self, n: usize, what: &str) -> Result<(), Fault> {
+        self.0 = self
+            .0
+            .get(n..)
+            .ok_or_else(|| too_long(what, n, self.0.len()))?;
+        Ok(())
+    }
+
+    fn left(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The same as the trait's, without a `Result` per byte (this is the hot path of
+    /// validation: about ten varints per record).
+    #[inline]
+    fn unsigned(&mut self, max_bytes: u32, what: &str) -> Result<u64, Fault> {
+        let mut value = 0u64;
+        for (i, &byte) in self.0.iter().take(max_bytes as usize).enumerate() {
+            value |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                self.0 = &self.0[i + 1..];
+                return Ok(value);
+            }
+        }
+        Err(if self.0.len() < max_bytes as usize {
+            past_the_length(what)
+        } else {
+            Fault::Record(format!("{what}: varint longer than {max_bytes} bytes"))
+        })
+    }
+}
+
+/// A record read through the input, byte by byte (it straddles the stream's buffer).
+struct Record<'i, I> {
+    input: &'i mut I,
+    left: usize,
+}
+
+impl<I: Input> Fields for Record<'_, I> {
+    fn byte(&mut self, what: &str) -> Result<u8, Fault> {
+        if self.left == 0 {
+            return Err(past_the_length(what));
+        }
+        match self.input.byte()? {
+            Some(b) => {
+                self.left -= 1;
+                Ok(b)
+            }
+            None => Err(Fault::Record(format!(
+                "{what}: truncated varint (the records end inside it)"
+            ))),
+        }
+    }
+
+    fn skip(&mut self, n: usize, what: &str) -> Result<(), Fault> {
+        if n > self.left {
+            return Err(too_long(what, n, self.left));
+        }
+        let skipped = self.input.skip(n)?;
+        self.left -= skipped;
+        if skipped < n {
+            return Err(Fault::Record(format!(
+                "{what} needs {n} bytes but the records end after {skipped}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn left(&self) -> usize {
+        self.left
     }
 }
 
@@ -546,6 +625,8 @@ trait Input {
     fn at_end(&mut self) -> Result<bool, RecordsError>;
     /// The bytes left, when known without reading them.
     fn remaining(&self) -> Option<usize>;
+    /// The next `n` bytes as one slice, consumed, if they are at hand without copying.
+    fn contiguous(&mut self, n: usize) -> Option<&[u8]>;
 }
 
 /// An uncompressed records section, read in place.
@@ -572,6 +653,12 @@ impl Input for SliceInput<'_> {
 
     fn remaining(&self) -> Option<usize> {
         Some(self.0.len())
+    }
+
+    fn contiguous(&mut self, n: usize) -> Option<&[u8]> {
+        let (taken, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(taken)
     }
 }
 
@@ -664,6 +751,15 @@ impl<R: Read> Input for StreamInput<R> {
 
     fn remaining(&self) -> Option<usize> {
         None
+    }
+
+    fn contiguous(&mut self, n: usize) -> Option<&[u8]> {
+        if self.filled - self.position < n {
+            return None;
+        }
+        let start = self.position;
+        self.position += n;
+        self.buffer.get(start..start + n)
     }
 }
 
