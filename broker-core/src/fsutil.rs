@@ -61,3 +61,25 @@ mod tests {
         assert!(!dir.path().join("meta.properties.tmp").exists());
     }
 }
+
+/// How long [`open_sled`] waits for a lock held by a store closed a moment ago.
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens a sled store, waiting up to [`SLED_LOCK_WAIT`] while its file lock is held. sled
+/// releases the lock of a dropped store from a background thread, so reopening a store in the
+/// same process right after closing it (a broker restarted in-process, as tests do) can find it
+/// still held for a few milliseconds; another process holding it for longer is still an error.
+pub fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}

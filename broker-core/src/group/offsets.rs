@@ -98,11 +98,12 @@ fn decode(k: &[u8], v: &[u8]) -> Result<(String, String, i32, CommittedOffset), 
 impl OffsetStore {
     /// Opens (creating) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, OffsetStoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(16 << 20)
-            .flush_every_ms(Some(500))
-            .open()?;
+        let db = crate::fsutil::open_sled(
+            &sled::Config::new()
+                .path(dir)
+                .cache_capacity(16 << 20)
+                .flush_every_ms(Some(500)),
+        )?;
         let offsets = db.open_tree("committed_offsets")?;
         Ok(OffsetStore { db, offsets })
     }

@@ -77,10 +77,7 @@ pub struct TxnCoordinator {
 
 impl TxnCoordinator {
     pub fn open(dir: &Path) -> Result<Self, TxnStoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(16 << 20)
-            .open()?;
+        let db = crate::fsutil::open_sled(&sled::Config::new().path(dir).cache_capacity(16 << 20))?;
         let tree = db.open_tree("transactions")?;
         let mut metas = HashMap::new();
         for kv in tree.iter() {
