@@ -46,22 +46,6 @@ pub fn parse_properties(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn atomic_write_and_properties() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("meta.properties");
-        write_atomic(&p, b"# c\na=1\nb = two\n").unwrap();
-        write_atomic(&p, b"a=3\n").unwrap();
-        let text = std::fs::read_to_string(&p).unwrap();
-        assert_eq!(parse_properties(&text), vec![("a".into(), "3".into())]);
-        assert!(!dir.path().join("meta.properties.tmp").exists());
-    }
-}
-
 /// How long [`open_sled`] waits for a lock held by a store closed a moment ago.
 const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -81,5 +65,21 @@ pub fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_and_properties() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("meta.properties");
+        write_atomic(&p, b"# c\na=1\nb = two\n").unwrap();
+        write_atomic(&p, b"a=3\n").unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(parse_properties(&text), vec![("a".into(), "3".into())]);
+        assert!(!dir.path().join("meta.properties.tmp").exists());
     }
 }
