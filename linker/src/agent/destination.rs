@@ -455,6 +455,7 @@ async fn run_lane(
             topic: topic.clone(),
             partition: *index,
             start: SourceOffset(p.offsets().log_end_offset),
+            resume: mirror_protocol::ResumeCheck::default(),
         });
         partitions.push(p);
     }

@@ -290,6 +290,7 @@ async fn control_loop(
                                 .overrides()
                                 .map(|(k, v)| (k.to_string(), v.to_string()))
                                 .collect(),
+                            topic_id: None,
                         })
                         .collect(),
                 }),
