@@ -210,7 +210,9 @@ pub struct ResumeCheck {
 }
 
 impl ResumeCheck {
-    fn is_empty(&self) -> bool {
+    /// Whether the destination claims nothing (a version-1 destination, or an empty mirror
+    /// that records no source topic yet).
+    pub fn is_empty(&self) -> bool {
         self.source_topic_id.is_none() && self.last_batch.is_none()
     }
 }
