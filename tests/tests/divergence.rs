@@ -208,9 +208,14 @@ fn produce(bootstrap: &str, topic: &str, n: usize, tag: &str) {
 
 /// (low, high) watermarks of `topic`-0.
 fn watermarks(bootstrap: &str, topic: &str) -> (i64, i64) {
-    let c: BaseConsumer = client_config(bootstrap).create().expect("consumer");
-    c.fetch_watermarks(topic, 0, Duration::from_secs(5))
+    try_watermarks(bootstrap, topic)
         .unwrap_or_else(|e| panic!("watermarks of {topic} on {bootstrap}: {e}"))
+}
+
+/// (low, high) watermarks of `topic`-0, or why not (e.g. the mirror topic does not exist yet).
+fn try_watermarks(bootstrap: &str, topic: &str) -> anyhow::Result<(i64, i64)> {
+    let c: BaseConsumer = client_config(bootstrap).create()?;
+    Ok(c.fetch_watermarks(topic, 0, Duration::from_secs(5))?)
 }
 
 /// Every record of `topic`-0 from the log start to the high watermark: (offset, value).
@@ -292,8 +297,13 @@ fn assert_mirror_equals_source(pair: &Pair, topic: &str, timeout: Duration) -> u
     let (east, west) = (pair.east.bootstrap(), pair.west.bootstrap());
     let mut last = ((0, 0), (0, 0));
     let ok = poll_until(timeout, Duration::from_millis(100), || {
-        last = (watermarks(east, topic), watermarks(west, topic));
-        last.0 == last.1
+        match (try_watermarks(east, topic), try_watermarks(west, topic)) {
+            (Ok(a), Ok(b)) => {
+                last = (a, b);
+                a == b
+            }
+            _ => false,
+        }
     });
     assert!(
         ok,

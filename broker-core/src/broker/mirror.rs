@@ -79,7 +79,8 @@ impl Partition {
 
     /// Digests of the batches from the one holding `from` (or the log start, if later) that
     /// start below `to` and below the high watermark, at most `max_batches` of them. Every
-    /// batch is read back and CRC-checked: a damaged batch is an error naming its place.
+    /// batch is read back and CRC-checked: a damaged batch is an error naming its place (with
+    /// `max_batches == 1`, an error is about the batch holding `from` itself).
     pub fn batch_digests(
         &self,
         from: i64,
@@ -90,12 +91,19 @@ impl Partition {
         let mut out = Vec::new();
         let mut next = from.max(self.offsets().log_start_offset);
         let limit = to.min(self.high_watermark());
+        // One batch at a time when asked for one (a read checks every batch it returns, so
+        // this names the damaged batch exactly).
+        let chunk = if max_batches == 1 {
+            1
+        } else {
+            SCAN_CHUNK_BYTES
+        };
         while next < limit && out.len() < max_batches {
             let data = {
                 let state = self.lock();
                 state
                     .log
-                    .read(next, limit, SCAN_CHUNK_BYTES)
+                    .read(next, limit, chunk)
                     .map_err(|e| BrokerError::Log(self.name(), e))?
             };
             if data.is_empty() {
