@@ -7,6 +7,8 @@
 //! * `recreated_source_topic_is_detected_survives_restarts_and_reseeds`: the source topic is
 //!   deleted and created again; restarts of both brokers keep the partition `diverged`;
 //!   `strait mirror resolve --reseed` quarantines the old records and mirrors the new topic.
+//! * `policy_reseed_resolves_a_recreated_topic_by_itself`: with `--on-divergence reseed` the
+//!   mirror follows the new topic at once, the old records in quarantine.
 //! * `rewritten_source_history_is_detected_and_truncated_to_the_common_offset`: the source's
 //!   partition directory is restored from an older copy and takes new records at the same
 //!   offsets; `strait mirror resolve --truncate` cuts the mirror back to the last common offset.
@@ -292,7 +294,10 @@ fn wait_partition_state(
     (last, started.elapsed())
 }
 
-/// Waits until west's `topic`-0 has east's log start and end, then compares every record.
+/// Waits until west's `topic`-0 ends where east's does, then compares every record the source
+/// still has; the mirror must hold no other record except, before the source's log start, the
+/// rest of the batch that log start falls in (DeleteRecords cuts inside batches). Returns the
+/// number of records compared.
 fn assert_mirror_equals_source(pair: &Pair, topic: &str, timeout: Duration) -> usize {
     let (east, west) = (pair.east.bootstrap(), pair.west.bootstrap());
     let mut last = ((0, 0), (0, 0));
@@ -300,7 +305,7 @@ fn assert_mirror_equals_source(pair: &Pair, topic: &str, timeout: Duration) -> u
         match (try_watermarks(east, topic), try_watermarks(west, topic)) {
             (Ok(a), Ok(b)) => {
                 last = (a, b);
-                a == b
+                a.1 == b.1 && b.0 <= a.0
             }
             _ => false,
         }
@@ -310,7 +315,12 @@ fn assert_mirror_equals_source(pair: &Pair, topic: &str, timeout: Duration) -> u
         "{topic}: mirror watermarks {:?} never reached the source's {:?}",
         last.1, last.0
     );
-    let (a, b) = (records(east, topic), records(west, topic));
+    let source_start = last.0 .0;
+    let a = records(east, topic);
+    let b: Vec<_> = records(west, topic)
+        .into_iter()
+        .filter(|(offset, _)| *offset >= source_start)
+        .collect();
     assert_eq!(a.len(), b.len(), "{topic}: record counts");
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x, y, "{topic}: source and mirror differ");
@@ -503,6 +513,43 @@ fn recreated_source_topic_is_detected_survives_restarts_and_reseeds() {
     );
 }
 
+#[test]
+fn policy_reseed_resolves_a_recreated_topic_by_itself() {
+    const TOPIC: &str = "div.policy";
+    let pair = start_pair("div-policy");
+    let east = pair.east.bootstrap().to_string();
+    let west = pair.west.bootstrap().to_string();
+    create_topic(&east, TOPIC, 1, &[]);
+    produce(&east, TOPIC, 120, "old");
+    pair.link("policy", TOPIC, &["--on-divergence", "reseed"]);
+    assert_eq!(
+        assert_mirror_equals_source(&pair, TOPIC, Duration::from_secs(60)),
+        120
+    );
+    let admin: AdminClient<DefaultClientContext> = client_config(&east).create().expect("admin");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    common::block_on(admin.delete_topics(&[TOPIC], &opts)).expect("delete topic");
+    create_topic(&east, TOPIC, 1, &[]);
+    produce(&east, TOPIC, 80, "new");
+    assert_eq!(
+        assert_mirror_equals_source(&pair, TOPIC, Duration::from_secs(30)),
+        80
+    );
+    assert_eq!(values_with_prefix(&records(&west, TOPIC), "old-"), 0);
+    // The old records were quarantined, not dropped.
+    let quarantine = pair.west.data_dir().join("mirror-quarantine");
+    let reports: Vec<Value> = std::fs::read_dir(&quarantine)
+        .expect("quarantine dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| serde_json::from_slice(&std::fs::read(p).expect("read")).expect("JSON"))
+        .collect();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0]["records"], 120);
+    assert_eq!(reports[0]["choice"], "reseed");
+    assert_eq!(reports[0]["divergence"]["kind"], "topic-recreated");
+}
+
 // ---------------------------------------------------------------------------------------
 // 2. The source's log loses its tail and takes new records at the same offsets
 
@@ -654,21 +701,29 @@ fn log_start_passing_the_mirror_end_is_counted_as_a_gap() {
             .is_some_and(|p| p["gap_offsets"].as_i64().unwrap_or(0) > 0)
     });
     assert!(ok, "no gap reported");
+    drop(_east_load);
+    // The mirror restarted at the source's log start (or the start of the batch it falls in)
+    // and holds exactly what the source has from there.
+    let n = assert_mirror_equals_source(&pair, TOPIC, Duration::from_secs(60));
+    assert!(n > 0);
+    let (mirror_start, _) = watermarks(&west, TOPIC);
+    assert!(
+        mirror_start <= cut && cut - mirror_start < 500,
+        "mirror starts at {mirror_start}, source at {cut}"
+    );
+    let gap = mirror_start - mirror_end;
     let state = partition_status(&pair.admin, "gap", TOPIC, 0).expect("status");
-    assert_eq!(state["gap_offsets"], cut - mirror_end, "{state}");
+    assert_eq!(state["gap_offsets"], gap, "{state}");
     let metrics = pair.admin.metrics().expect("metrics");
     assert!(
         metrics.contains(&format!(
-            "strait_link_partition_gap_offsets{{link=\"gap\",topic=\"{TOPIC}\",partition=\"0\"}} {}",
-            cut - mirror_end
+            "strait_link_partition_gap_offsets{{link=\"gap\",topic=\"{TOPIC}\",partition=\"0\"}} {gap}"
         )),
         "{metrics}"
     );
-    drop(_east_load);
-    // The mirror restarted at the source's log start and holds exactly what the source has.
-    let n = assert_mirror_equals_source(&pair, TOPIC, Duration::from_secs(60));
-    assert!(n > 0);
-    assert_eq!(watermarks(&west, TOPIC).0, cut);
+    let status = pair.cli(&["link", "status", "gap"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("GAP"), "{text}");
 }
 
 // ---------------------------------------------------------------------------------------

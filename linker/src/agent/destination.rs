@@ -720,6 +720,7 @@ async fn run_lane(
             let mut bytes = 0;
             let mut records = 0;
             if !entry.batches.is_empty() {
+                adopt_straddling_start(&agent, &p, &entry.batches, end)?;
                 let r = p.append_mirrored(&entry.batches, fsync, &notify)?;
                 bytes = r.appended_bytes;
                 records = r.appended_records.max(0) as u64;
@@ -747,6 +748,35 @@ async fn run_lane(
             };
         }
     }
+}
+
+/// After a restart at the source's log start, the log is empty at an offset that may fall
+/// inside a batch (DeleteRecords cuts anywhere; the source still serves that whole batch, as
+/// Kafka does). An empty mirror log then starts at that batch's base instead, and the offsets
+/// it does get are taken off the retention gap.
+fn adopt_straddling_start(
+    agent: &AgentShared,
+    p: &Partition,
+    batches: &[u8],
+    end: i64,
+) -> Result<()> {
+    let Ok(first) = broker_core::batch::BatchHeader::parse(batches) else {
+        return Ok(()); // append_mirrored reports the bad batch
+    };
+    let offsets = p.offsets();
+    let straddles = first.base_offset < end && first.last_offset() >= end;
+    if !straddles || offsets.log_start_offset != offsets.log_end_offset {
+        return Ok(());
+    }
+    p.restart_mirror_at(first.base_offset, &agent.broker.data_arrived)?;
+    if let Some(id) = divergence::mirror_topic_id(agent, &p.topic) {
+        agent.mirror_states.update(&p.topic, p.index, &id, |s| {
+            s.gap_offsets = (s.gap_offsets - (end - first.base_offset)).max(0)
+        })?;
+    }
+    tracing::info!(topic = %p.topic, partition = p.index, from = end, to = first.base_offset,
+        "the source's log start is inside a batch: the mirror starts at that batch");
+    Ok(())
 }
 
 /// What the source must check before continuing a partition from the mirror's end: the source

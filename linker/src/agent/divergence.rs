@@ -303,6 +303,13 @@ pub async fn compare_with_source(
             Some((other, _)) => bail!("protocol error: expected VerifyReply, got {}", other.name()),
             None => bail!("the source closed the verify stream"),
         };
+        if verdict.batches_compared == 0 && reply.source_log_start.0 > next {
+            // The source no longer holds the start of the range (retention): compare from its
+            // log start, the first offset both can still speak for.
+            next = reply.source_log_start.0;
+            verdict.from = next;
+            continue;
+        }
         let theirs: Vec<BatchDigest> = reply
             .batches
             .iter()

@@ -90,7 +90,11 @@ impl MirrorStates {
         partition: i32,
         mirror_topic_id: &str,
     ) -> Option<Divergence> {
-        self.get(topic, partition, mirror_topic_id).divergence
+        // On every data entry: look, clone only the divergence.
+        self.lock()
+            .get(&(topic.to_string(), partition))
+            .filter(|s| s.mirror_topic_id == mirror_topic_id)
+            .and_then(|s| s.divergence.clone())
     }
 
     /// Changes a partition's state and makes it durable before returning.
