@@ -206,6 +206,18 @@ pub struct PartitionOffsets {
     pub log_end_offset: i64,
 }
 
+/// Clears a partition's fsync-in-flight flag when dropped: also when the future running the
+/// fsync is cancelled mid-await (e.g. a link lane's ack task aborted while it waited in
+/// `wait_durable`), which would otherwise leave the flag set and no fsync could ever start
+/// again for that partition (its high watermark would stop).
+struct SyncInFlight<'a>(&'a Mutex<bool>);
+
+impl Drop for SyncInFlight<'_> {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = false;
+    }
+}
+
 /// One partition: its log, the durable high watermark, and group-commit state.
 pub struct Partition {
     pub topic: String,
@@ -564,13 +576,11 @@ impl Partition {
     /// Runs one fsync of the active segment (the caller won `try_start_sync`) and advances the
     /// high watermark to what it covered.
     async fn sync_now(&self, notify: &Notify) {
+        let in_flight = SyncInFlight(&self.sync_in_flight);
         let target = self.lock().log.sync_target();
         let file = target.file.clone();
         let result = tokio::task::spawn_blocking(move || file.sync_data()).await;
-        *self
-            .sync_in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = false;
+        drop(in_flight);
         match result {
             Ok(Ok(())) => self.advance_high_watermark(target.end_offset, notify),
             Ok(Err(e)) => self.fail(format!("fsync failed: {e}")),

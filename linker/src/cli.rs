@@ -20,6 +20,9 @@ use crate::model::{
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed for a whole request and its answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time allowed for `mirror verify` and `mirror resolve`, which read whole partitions on both
+/// sides of the link.
+const LONG_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 /// Largest answer accepted from the admin API.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -451,12 +454,17 @@ pub async fn http_request(
         limited.read_to_end(&mut response).await?;
         Ok::<_, std::io::Error>(response)
     };
-    let response = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+    let timeout = if path.ends_with("/verify") || path.ends_with("/resolve") {
+        LONG_REQUEST_TIMEOUT
+    } else {
+        REQUEST_TIMEOUT
+    };
+    let response = tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| {
             anyhow!(
                 "the broker's admin API at {addr} did not answer within {} s",
-                REQUEST_TIMEOUT.as_secs()
+                timeout.as_secs()
             )
         })?
         .with_context(|| format!("talking to the broker's admin API at {addr}"))?;
@@ -766,13 +774,17 @@ fn link_detail(link: &LinkStatus) -> String {
         (
             "Settings",
             format!(
-                "zstd {}, batch {} B, linger {} ms, rtt {} ms, {} Mbit/s, {} streams{}",
+                "zstd {}, batch {} B, linger {} ms, rtt {} ms, {} Mbit/s, {} streams, on divergence {}{}",
                 spec.zstd_level,
                 spec.batch_max_bytes,
                 spec.linger_ms,
                 spec.rtt_ms,
                 spec.bandwidth_mbit,
                 spec.streams,
+                match spec.on_divergence {
+                    DivergencePolicy::Stop => "stop",
+                    DivergencePolicy::Reseed => "reseed",
+                },
                 if spec.paused { ", paused" } else { "" }
             ),
         ),

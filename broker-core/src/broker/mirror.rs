@@ -320,6 +320,41 @@ mod tests {
         assert!(dp.last_batch().unwrap().is_none());
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_durability_wait_does_not_stop_later_fsyncs() {
+        // A link lane's ack task is aborted (pause, reconnect) while it runs an fsync inside
+        // `wait_durable`: the next waiter must still get its fsync.
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (src, dst) = (open(a.path()), open(b.path()));
+        let (_, dp) = source_and_mirror(&src, &dst);
+        let notify = dst.data_arrived.clone();
+        for _ in 0..20 {
+            let end = dp.offsets().log_end_offset;
+            let more = build(&[b"x"], 2_000);
+            let mut stamped = more.clone();
+            crate::batch::stamp_offset_and_epoch(&mut stamped, end, 0);
+            dp.append_mirrored(&stamped, FsyncPolicy::Always, &notify)
+                .unwrap();
+            {
+                let waiting = dp.wait_durable(end + 1, FsyncPolicy::Always, &notify);
+                tokio::pin!(waiting);
+                tokio::select! {
+                    biased;
+                    _ = &mut waiting => {}
+                    _ = std::future::ready(()) => {}
+                }
+                // Dropped here, possibly in the middle of its fsync.
+            }
+            tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                dp.wait_durable(end + 1, FsyncPolicy::Always, &notify),
+            )
+            .await
+            .expect("a later waiter gets its fsync")
+            .unwrap();
+        }
+    }
+
     #[test]
     fn the_mirror_source_is_persisted_with_the_topic() {
         let dir = tempfile::tempdir().unwrap();

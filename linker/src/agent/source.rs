@@ -660,3 +660,148 @@ async fn serve_data_stream(
     acks.abort();
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use broker_core::batch::build_uncompressed;
+    use broker_core::broker::{BrokerConfig, NewTopic};
+    use broker_core::config::TopicConfig;
+    use broker_core::durability::FsyncPolicy;
+    use mirror_protocol::{BatchAnchor, ResumeCheck};
+
+    use super::*;
+
+    fn broker(dir: &std::path::Path) -> Arc<Broker> {
+        Broker::open(BrokerConfig::new(
+            dir.to_path_buf(),
+            "127.0.0.1".into(),
+            9092,
+        ))
+        .unwrap()
+    }
+
+    fn append(b: &Broker, topic: &str, value: &[u8]) {
+        b.partition(topic, 0)
+            .unwrap()
+            .append_produced(
+                build_uncompressed(&[(None, value)], 1_000),
+                &TopicConfig::default(),
+                FsyncPolicy::Never,
+                &b.data_arrived,
+            )
+            .unwrap();
+    }
+
+    fn subscription(start: i64, resume: ResumeCheck) -> SubscribePartition {
+        SubscribePartition {
+            topic: "t".into(),
+            partition: 0,
+            start: SourceOffset(start),
+            resume,
+        }
+    }
+
+    /// The anchor a mirror of `b`'s `t`-0 would send after copying offsets below `end`.
+    fn anchor_at(b: &Broker, offset: i64) -> BatchAnchor {
+        let h = b
+            .partition("t", 0)
+            .unwrap()
+            .batch_at(offset)
+            .unwrap()
+            .unwrap();
+        BatchAnchor {
+            base_offset: SourceOffset(h.base_offset),
+            last_offset: SourceOffset(h.last_offset()),
+            leader_epoch: h.partition_leader_epoch,
+            crc: h.crc,
+        }
+    }
+
+    #[test]
+    fn resume_checks_accept_the_same_history_and_name_each_divergence() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = broker(dir.path());
+        let topic = b
+            .create_topic(NewTopic {
+                name: "t".into(),
+                partitions: 1,
+                config: TopicConfig::default(),
+            })
+            .unwrap();
+        for i in 0..5u8 {
+            append(&b, "t", &[b'a' + i]);
+        }
+        let p = b.partition("t", 0).unwrap();
+        let id = TopicId(*topic.id.as_bytes());
+        let same = ResumeCheck {
+            source_topic_id: Some(id),
+            last_batch: Some(anchor_at(&b, 2)),
+        };
+        // A mirror at 3 whose last batch is the source's: continue (also with no claims).
+        assert_eq!(check_resume(&b, &p, &subscription(3, same)), None);
+        assert_eq!(
+            check_resume(&b, &p, &subscription(9, ResumeCheck::default())),
+            None
+        );
+        // Another topic id.
+        let other = ResumeCheck {
+            source_topic_id: Some(TopicId([9; 16])),
+            ..same
+        };
+        let d = check_resume(&b, &p, &subscription(3, other)).unwrap();
+        assert_eq!(d.kind, DivergenceKind::TopicRecreated);
+        // The mirror is past the source's end.
+        let beyond = ResumeCheck {
+            last_batch: Some(BatchAnchor {
+                base_offset: SourceOffset(6),
+                last_offset: SourceOffset(6),
+                ..anchor_at(&b, 4)
+            }),
+            ..same
+        };
+        let d = check_resume(&b, &p, &subscription(7, beyond)).unwrap();
+        assert_eq!(d.kind, DivergenceKind::SourceTruncated);
+        assert_eq!((d.mirror_end.0, d.source_log_end.0), (7, 5));
+        // Same offsets, other bytes (CRC): the source's history was rewritten.
+        let rewritten = ResumeCheck {
+            last_batch: Some(BatchAnchor {
+                crc: anchor_at(&b, 2).crc ^ 1,
+                ..anchor_at(&b, 2)
+            }),
+            ..same
+        };
+        let d = check_resume(&b, &p, &subscription(3, rewritten)).unwrap();
+        assert_eq!(d.kind, DivergenceKind::HistoryRewritten);
+        assert!(d.message.contains("at offset 2"), "{}", d.message);
+        // Another leader epoch at the same offsets is a divergence too.
+        let epoch = ResumeCheck {
+            last_batch: Some(BatchAnchor {
+                leader_epoch: 7,
+                ..anchor_at(&b, 2)
+            }),
+            ..same
+        };
+        assert_eq!(
+            check_resume(&b, &p, &subscription(3, epoch)).map(|d| d.kind),
+            Some(DivergenceKind::HistoryRewritten)
+        );
+        // Retention removed the anchor's batch: nothing to compare, no false alarm.
+        p.delete_records_before(4).unwrap();
+        let old = ResumeCheck {
+            last_batch: Some(BatchAnchor {
+                crc: 12345,
+                ..anchor_at(&b, 4)
+            }),
+            ..same
+        };
+        let gone = ResumeCheck {
+            last_batch: Some(BatchAnchor {
+                base_offset: SourceOffset(2),
+                last_offset: SourceOffset(2),
+                ..old.last_batch.unwrap()
+            }),
+            ..same
+        };
+        assert_eq!(check_resume(&b, &p, &subscription(3, gone)), None);
+    }
+}
