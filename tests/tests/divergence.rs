@@ -15,6 +15,8 @@
 //! * `log_start_passing_the_mirror_end_is_counted_as_a_gap`: DeleteRecords on the source while
 //!   the link is paused; the mirror restarts at the source's log start and the gap shows in
 //!   status and metrics.
+//! * `a_version_one_destination_still_mirrors_without_checks`: protocol version 1 peers
+//!   still mirror (nothing is checked, and verify says why it cannot run).
 //! * `mirror_verify_finds_equality_and_the_first_altered_batch`: `strait mirror verify` on a
 //!   healthy mirror of 1 000 000 records (`STRAIT_VERIFY_N`), then on a mirror whose segment
 //!   file was altered on disk while stopped.
@@ -60,6 +62,11 @@ struct Pair {
 }
 
 fn start_pair(test: &str) -> Pair {
+    start_pair_with(test, &[])
+}
+
+/// A pair whose destination gets `west_extra` arguments.
+fn start_pair_with(test: &str, west_extra: &[&str]) -> Pair {
     let certs = LinkCerts::generate(&["east", "west"]);
     let link_port = free_udp_port();
     let admin_port = free_port();
@@ -73,6 +80,7 @@ fn start_pair(test: &str) -> Pair {
         "--admin-listen".to_string(),
         format!("127.0.0.1:{admin_port}"),
     ]);
+    west_args.extend(west_extra.iter().map(|a| a.to_string()));
     let options = |extra: Vec<String>| BrokerOptions {
         fsync: Some("always".into()),
         auto_create_topics: Some(false),
@@ -730,7 +738,32 @@ fn log_start_passing_the_mirror_end_is_counted_as_a_gap() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 4. mirror verify
+// 4. Version 1 peers
+
+#[test]
+fn a_version_one_destination_still_mirrors_without_checks() {
+    const TOPIC: &str = "div.v1";
+    let pair = start_pair_with("div-v1", &["--link-protocol-versions", "1-1"]);
+    let east = pair.east.bootstrap().to_string();
+    create_topic(&east, TOPIC, 1, &[]);
+    produce(&east, TOPIC, 150, "v1");
+    pair.link("v1", TOPIC, &[]);
+    assert_eq!(
+        assert_mirror_equals_source(&pair, TOPIC, Duration::from_secs(60)),
+        150
+    );
+    // Version 1 has no verify streams: the answer says so instead of a wrong verdict.
+    let out = pair.cli(&["mirror", "verify", TOPIC]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("version 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. mirror verify
 
 struct StoredAt {
     base_offset: i64,
