@@ -585,7 +585,7 @@ impl LinkManager {
         };
         let unavailable = || {
             ControlError::Unavailable(
-                "the link is not connected to its source: verifying needs the source".into(),
+                "the link is not connected to its source, which verify and truncate need (to compare batches); retry once `strait link status` shows it active".into(),
             )
         };
         shared
