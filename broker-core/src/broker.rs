@@ -27,6 +27,9 @@ use crate::producer_state::{
 use crate::records::{self, BatchOrigin, RecordsError, DEFAULT_MAX_DECOMPRESSED};
 use crate::txn::TxnCoordinator;
 
+mod mirror;
+pub use mirror::{BatchDigest, MirrorSource, QuarantineReport};
+
 /// Largest partition count one request may create, to keep a typo from opening a million files.
 pub const MAX_PARTITIONS: i32 = 10_000;
 /// The leader epoch of every partition: a single broker never changes leader.
@@ -217,6 +220,18 @@ pub struct PartitionOffsets {
     /// Below the first open transaction and the high watermark: what read_committed sees.
     pub last_stable_offset: i64,
     pub log_end_offset: i64,
+}
+
+/// Clears a partition's fsync-in-flight flag when dropped: also when the future running the
+/// fsync is cancelled mid-await (e.g. a link lane's ack task aborted while it waited in
+/// `wait_durable`), which would otherwise leave the flag set and no fsync could ever start
+/// again for that partition (its high watermark would stop).
+struct SyncInFlight<'a>(&'a Mutex<bool>);
+
+impl Drop for SyncInFlight<'_> {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = false;
+    }
 }
 
 /// One partition: its log, the durable high watermark, and group-commit state.
@@ -527,26 +542,7 @@ impl Partition {
     /// Mirror path: the source's log start moved past this partition's log end (retention on
     /// the source deleted records never copied), so the log restarts, empty, at `offset`.
     pub fn reset_for_mirror(&self, offset: i64, notify: &Notify) -> Result<(), BrokerError> {
-        self.check_online()?;
-        let mut state = self.lock();
-        state
-            .log
-            .reset_to(offset)
-            .map_err(|e| BrokerError::Log(self.name(), e))?;
-        state.producers = ProducerStateTable::default();
-        if let Ok(entries) = fs::read_dir(state.log.dir()) {
-            for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
-                if path.extension().is_some_and(|x| x == "snapshot") {
-                    let _ = fs::remove_file(&path);
-                }
-            }
-        }
-        drop(state);
-        *self.last_snapshot.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        self.high_watermark.store(offset, Ordering::Release);
-        self.hw_tx.send_replace(offset);
-        notify.notify_waiters();
-        Ok(())
+        self.restart_mirror_at(offset, notify)
     }
 
     /// Waits until every offset below `end_offset` is durable (and visible to consumers).
@@ -603,13 +599,11 @@ impl Partition {
     /// Runs one fsync of the active segment (the caller won `try_start_sync`) and advances the
     /// high watermark to what it covered.
     async fn sync_now(&self, notify: &Notify) {
+        let in_flight = SyncInFlight(&self.sync_in_flight);
         let target = self.lock().log.sync_target();
         let file = target.file.clone();
         let result = tokio::task::spawn_blocking(move || file.sync_data()).await;
-        *self
-            .sync_in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = false;
+        drop(in_flight);
         match result {
             Ok(Ok(())) => self.advance_high_watermark(target.end_offset, notify),
             Ok(Err(e)) => self.fail(format!("fsync failed: {e}")),
@@ -849,9 +843,19 @@ pub struct Topic {
     /// The link that mirrors this topic from a source cluster, if any: a mirror topic takes
     /// records only from that link (at the source's offsets), never from producers.
     mirror_link: RwLock<Option<String>>,
+    /// For a mirror topic, the source cluster and source topic it follows (see `mirror.rs`).
+    mirror_source: RwLock<Option<MirrorSource>>,
 }
 
 impl Topic {
+    /// The source topic a mirror topic follows, once the link recorded it.
+    pub fn mirror_source(&self) -> Option<MirrorSource> {
+        self.mirror_source
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The link mirroring this topic, if it is a mirror topic.
     pub fn mirror_link(&self) -> Option<String> {
         self.mirror_link
@@ -908,6 +912,12 @@ impl Topic {
         );
         if let Some(link) = self.mirror_link() {
             out.push_str(&format!("mirror.link={link}\n"));
+        }
+        if let Some(source) = self.mirror_source() {
+            out.push_str(&format!(
+                "mirror.source.cluster.id={}\nmirror.source.topic.id={}\n",
+                source.cluster_id, source.topic_id
+            ));
         }
         for (k, v) in self.config().overrides() {
             out.push_str(&format!("config.{k}={v}\n"));
@@ -1133,10 +1143,19 @@ impl Broker {
             let mut count = None;
             let mut config = TopicConfig::default();
             let mut mirror_link = None;
+            let mut source_cluster = None;
+            let mut source_topic = None;
             for (k, v) in &props {
                 match k.as_str() {
                     "name" => name = Some(v.clone()),
                     "mirror.link" => mirror_link = Some(v.clone()),
+                    "mirror.source.cluster.id" => source_cluster = Some(v.clone()),
+                    "mirror.source.topic.id" => {
+                        source_topic = Some(
+                            Uuid::parse_str(v)
+                                .map_err(|_| corrupt("bad mirror.source.topic.id"))?,
+                        )
+                    }
                     "topic.id" => id = Uuid::parse_str(v).ok(),
                     "partitions" => count = v.parse::<i32>().ok(),
                     _ => {
@@ -1167,6 +1186,12 @@ impl Broker {
                     config: RwLock::new(config),
                     partitions: RwLock::new(partitions),
                     mirror_link: RwLock::new(mirror_link),
+                    mirror_source: RwLock::new(source_cluster.zip(source_topic).map(
+                        |(cluster_id, topic_id)| MirrorSource {
+                            cluster_id,
+                            topic_id,
+                        },
+                    )),
                 }),
             );
         }
@@ -1242,6 +1267,34 @@ impl Broker {
         Ok(())
     }
 
+    /// Records (or with `None` forgets) the source topic a mirror topic follows. Persisted
+    /// before it returns.
+    pub fn set_mirror_source(
+        &self,
+        name: &str,
+        source: Option<MirrorSource>,
+    ) -> Result<(), BrokerError> {
+        let _admin = self.admin_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let topic = self
+            .topic(name)
+            .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
+        let previous = std::mem::replace(
+            &mut *topic
+                .mirror_source
+                .write()
+                .unwrap_or_else(|p| p.into_inner()),
+            source,
+        );
+        if let Err(e) = topic.persist() {
+            *topic
+                .mirror_source
+                .write()
+                .unwrap_or_else(|p| p.into_inner()) = previous;
+            return Err(e);
+        }
+        Ok(())
+    }
+
     fn create_topic_inner(
         &self,
         t: NewTopic,
@@ -1268,6 +1321,7 @@ impl Broker {
                 config: RwLock::new(t.config.clone()),
                 partitions: RwLock::new(partitions),
                 mirror_link: RwLock::new(mirror_link.map(str::to_string)),
+                mirror_source: RwLock::new(None),
             });
             topic.persist()?;
             sync_dir(&self.topics_dir()).map_err(BrokerError::io("syncing topics dir"))?;

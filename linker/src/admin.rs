@@ -279,6 +279,9 @@ impl Response {
             ControlError::AlreadyExists(_) => 409,
             ControlError::Invalid(_) => 400,
             ControlError::Internal(_) => 500,
+            ControlError::Unavailable(_) => 503,
+            ControlError::Conflict(_) => 409,
+            ControlError::BadRequest(_) => 400,
         };
         Response::error(status, &error.to_string())
     }
@@ -318,6 +321,7 @@ fn reason_phrase(status: u16) -> &'static str {
         413 => "Content Too Large",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        503 => "Service Unavailable",
         _ => "Unknown",
     }
 }
@@ -475,26 +479,26 @@ async fn route(
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let method = head.method.as_str();
     let control = control.clone();
-    let answer =
-        match (segments.as_slice(), method) {
-            (["health"], "GET") => Ok(Response::ok()),
-            (["health"], _) => Ok(Response::method_not_allowed(method, "GET")),
+    let answer = match (segments.as_slice(), method) {
+        (["health"], "GET") => Ok(Response::ok()),
+        (["health"], _) => Ok(Response::method_not_allowed(method, "GET")),
 
-            (["metrics"], "GET") => {
-                let metrics = metrics.clone();
-                blocking(move || metrics()).await.map(|text| Response {
-                    status: 200,
-                    content_type: "text/plain; version=0.0.4; charset=utf-8",
-                    body: text.into_bytes(),
-                    allow: None,
-                })
-            }
-            (["metrics"], _) => Ok(Response::method_not_allowed(method, "GET")),
+        (["metrics"], "GET") => {
+            let metrics = metrics.clone();
+            blocking(move || metrics()).await.map(|text| Response {
+                status: 200,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: text.into_bytes(),
+                allow: None,
+            })
+        }
+        (["metrics"], _) => Ok(Response::method_not_allowed(method, "GET")),
 
-            (["v1", "links"], "GET") => blocking(move || control.list_links())
-                .await
-                .map(|links| Response::json(200, &links)),
-            (["v1", "links"], "POST") => match serde_json::from_slice::<LinkSpec>(&body) {
+        (["v1", "links"], "GET") => blocking(move || control.list_links())
+            .await
+            .map(|links| Response::json(200, &links)),
+        (["v1", "links"], "POST") => {
+            match serde_json::from_slice::<LinkSpec>(&body) {
                 Err(error) => Ok(Response::error(
                     400,
                     &format!("invalid link definition JSON: {error}"),
@@ -505,65 +509,135 @@ async fn route(
                         Ok(status) => Response::json(201, &status),
                         Err(error) => Response::control_error(error),
                     }),
-            },
-            (["v1", "links"], _) => Ok(Response::method_not_allowed(method, "GET, POST")),
-
-            (["v1", "links", name], "GET") => {
-                let name = name.to_string();
-                blocking(move || control.link_status(&name))
-                    .await
-                    .map(|result| match result {
-                        Ok(status) => Response::json(200, &status),
-                        Err(error) => Response::control_error(error),
-                    })
             }
-            (["v1", "links", name], "DELETE") => {
-                let name = name.to_string();
-                blocking(move || control.delete_link(&name))
-                    .await
-                    .map(ok_or_error)
-            }
-            (["v1", "links", _], _) => Ok(Response::method_not_allowed(method, "GET, DELETE")),
+        }
+        (["v1", "links"], _) => Ok(Response::method_not_allowed(method, "GET, POST")),
 
-            (["v1", "links", name, action @ ("pause" | "resume")], "POST") => {
-                let name = name.to_string();
-                let pause = *action == "pause";
-                blocking(move || {
-                    if pause {
-                        control.pause_link(&name)
-                    } else {
-                        control.resume_link(&name)
-                    }
+        (["v1", "links", name], "GET") => {
+            let name = name.to_string();
+            blocking(move || control.link_status(&name))
+                .await
+                .map(|result| match result {
+                    Ok(status) => Response::json(200, &status),
+                    Err(error) => Response::control_error(error),
                 })
+        }
+        (["v1", "links", name], "DELETE") => {
+            let name = name.to_string();
+            blocking(move || control.delete_link(&name))
                 .await
                 .map(ok_or_error)
-            }
-            (["v1", "links", _, "pause" | "resume"], _) => {
-                Ok(Response::method_not_allowed(method, "POST"))
-            }
+        }
+        (["v1", "links", _], _) => Ok(Response::method_not_allowed(method, "GET, DELETE")),
 
-            (["v1", "mirrors"], "GET") => blocking(move || control.mirrors())
-                .await
-                .map(|mirrors| Response::json(200, &mirrors)),
-            (["v1", "mirrors"], _) => Ok(Response::method_not_allowed(method, "GET")),
+        (["v1", "links", name, action @ ("pause" | "resume")], "POST") => {
+            let name = name.to_string();
+            let pause = *action == "pause";
+            blocking(move || {
+                if pause {
+                    control.pause_link(&name)
+                } else {
+                    control.resume_link(&name)
+                }
+            })
+            .await
+            .map(ok_or_error)
+        }
+        (["v1", "links", _, "pause" | "resume"], _) => {
+            Ok(Response::method_not_allowed(method, "POST"))
+        }
 
-            (["v1", "mirrors", topic], "GET") => {
-                let topic = topic.to_string();
-                blocking(move || control.mirrors()).await.map(|mirrors| {
-                    match mirrors.into_iter().find(|mirror| mirror.topic == topic) {
-                        Some(mirror) => Response::json(200, &mirror),
-                        None => Response::error(404, &format!("{topic:?} is not a mirror topic")),
-                    }
-                })
+        (["v1", "mirrors"], "GET") => blocking(move || control.mirrors())
+            .await
+            .map(|mirrors| Response::json(200, &mirrors)),
+        (["v1", "mirrors"], _) => Ok(Response::method_not_allowed(method, "GET")),
+
+        (["v1", "mirrors", topic], "GET") => {
+            let topic = topic.to_string();
+            blocking(move || control.mirrors()).await.map(|mirrors| {
+                match mirrors.into_iter().find(|mirror| mirror.topic == topic) {
+                    Some(mirror) => Response::json(200, &mirror),
+                    None => Response::error(404, &format!("{topic:?} is not a mirror topic")),
+                }
+            })
+        }
+        (["v1", "mirrors", _], _) => Ok(Response::method_not_allowed(method, "GET")),
+
+        (["v1", "mirrors", topic, "partitions", partition, "resolve"], "POST") => {
+            let Ok(partition) = partition.parse::<i32>() else {
+                return Response::error(400, &format!("partition {partition:?} is not a number"));
+            };
+            match serde_json::from_slice::<ResolveBody>(&body) {
+                Err(error) => Ok(Response::error(
+                    400,
+                    &format!("the body must be {{\"choice\": \"reseed\" | \"truncate\"}}: {error}"),
+                )),
+                Ok(request) => {
+                    let topic = topic.to_string();
+                    blocking(move || control.resolve_mirror(&topic, partition, request.choice))
+                        .await
+                        .map(|result| match result {
+                            Ok(outcome) => Response::json(200, &outcome),
+                            Err(error) => Response::control_error(error),
+                        })
+                }
             }
-            (["v1", "mirrors", _], _) => Ok(Response::method_not_allowed(method, "GET")),
+        }
+        (["v1", "mirrors", _, "partitions", _, "resolve"], _) => {
+            Ok(Response::method_not_allowed(method, "POST"))
+        }
 
-            _ => Ok(Response::error(
-                404,
-                &format!("no route for {method} {}", head.path),
-            )),
-        };
+        (["v1", "mirrors", topic, "verify"], "POST") => {
+            match serde_json::from_slice::<VerifyBody>(&body) {
+                Err(error) => Ok(Response::error(
+                    400,
+                    &format!(
+                        "the body must be {{\"partition\": P?, \"from\": O?, \"to\": O?}}: {error}"
+                    ),
+                )),
+                Ok(request) => {
+                    let topic = topic.to_string();
+                    blocking(move || {
+                        control.verify_mirror(
+                            &topic,
+                            request.partition,
+                            request.from.unwrap_or(0),
+                            request.to.unwrap_or(i64::MAX),
+                        )
+                    })
+                    .await
+                    .map(|result| match result {
+                        Ok(report) => Response::json(200, &report),
+                        Err(error) => Response::control_error(error),
+                    })
+                }
+            }
+        }
+        (["v1", "mirrors", _, "verify"], _) => Ok(Response::method_not_allowed(method, "POST")),
+
+        _ => Ok(Response::error(
+            404,
+            &format!("no route for {method} {}", head.path),
+        )),
+    };
     answer.unwrap_or_else(|response| response)
+}
+
+/// Body of `POST /v1/mirrors/{topic}/partitions/{p}/resolve`.
+#[derive(serde::Deserialize)]
+struct ResolveBody {
+    choice: crate::model::ResolveChoice,
+}
+
+/// Body of `POST /v1/mirrors/{topic}/verify`: everything optional (all partitions, whole log).
+#[derive(serde::Deserialize)]
+struct VerifyBody {
+    #[serde(default)]
+    partition: Option<i32>,
+    #[serde(default)]
+    from: Option<i64>,
+    #[serde(default)]
+    to: Option<i64>,
 }
 
 fn ok_or_error(result: Result<(), ControlError>) -> Response {
@@ -635,6 +709,8 @@ pub(crate) mod fake {
                         state: "active".to_string(),
                         bytes_per_sec: 2_500_000.0,
                         records_per_sec: 100.0,
+                        divergence: None,
+                        gap_offsets: 0,
                     })
                 })
                 .collect();
@@ -707,6 +783,29 @@ pub(crate) mod fake {
                     })
                 })
                 .collect()
+        }
+
+        fn resolve_mirror(
+            &self,
+            topic: &str,
+            partition: i32,
+            _choice: crate::model::ResolveChoice,
+        ) -> Result<crate::model::ResolveOutcome, ControlError> {
+            Err(ControlError::Conflict(format!(
+                "{topic}-{partition} is not diverged: there is nothing to resolve"
+            )))
+        }
+
+        fn verify_mirror(
+            &self,
+            topic: &str,
+            _partition: Option<i32>,
+            _from: i64,
+            _to: i64,
+        ) -> Result<crate::model::VerifyReport, ControlError> {
+            Err(ControlError::Unavailable(format!(
+                "the link of {topic} is not connected"
+            )))
         }
     }
 

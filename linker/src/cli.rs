@@ -12,13 +12,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::model::{
-    self, LinkMode, LinkSpec, LinkState, LinkStatus, MirrorStatus, PartitionStatus, TopicSelection,
+    self, DivergencePolicy, LinkMode, LinkSpec, LinkState, LinkStatus, MirrorStatus,
+    PartitionStatus, ResolveChoice, ResolveOutcome, TopicSelection, VerifyReport,
 };
 
 /// Time allowed to connect to the admin API.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed for a whole request and its answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time allowed for `mirror verify` and `mirror resolve`, which read whole partitions on both
+/// sides of the link.
+const LONG_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 /// Largest answer accepted from the admin API.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -89,6 +93,11 @@ pub struct CreateArgs {
     /// Number of QUIC data streams partitions are spread over.
     #[arg(long, default_value_t = model::default_streams())]
     pub streams: usize,
+    /// What a mirror partition does when its source's history changes under it (topic
+    /// re-created, log truncated and rewritten): stop in state `diverged` until `strait mirror
+    /// resolve`, or re-seed from the new history at once (the old records are quarantined).
+    #[arg(long, value_enum, default_value_t = DivergencePolicy::Stop)]
+    pub on_divergence: DivergencePolicy,
 }
 
 impl CreateArgs {
@@ -131,6 +140,7 @@ impl CreateArgs {
             streams: self.streams,
             paused: false,
             dial_destination: self.dial_destination.clone(),
+            on_divergence: self.on_divergence,
         })
     }
 }
@@ -140,8 +150,39 @@ impl CreateArgs {
 pub enum MirrorCommand {
     /// List mirror topics with their link and lag.
     List,
-    /// Show one mirror topic's partitions.
+    /// Show one mirror topic's partitions (divergences and retention gaps included).
     Status { topic: String },
+    /// Choose how a diverged mirror partition continues; the records the choice removes from
+    /// the mirror are kept in <data-dir>/mirror-quarantine with a JSON report.
+    Resolve {
+        topic: String,
+        #[arg(long)]
+        partition: i32,
+        /// Drop the mirror's records and mirror the source's new history from its log start.
+        #[arg(
+            long,
+            conflicts_with = "truncate",
+            required_unless_present = "truncate"
+        )]
+        reseed: bool,
+        /// Cut the mirror back to the last offset whose batches the source still holds
+        /// identically, and continue from there.
+        #[arg(long)]
+        truncate: bool,
+    },
+    /// Compare a mirror topic with its source, batch by batch (checksums are computed on each
+    /// side; only they cross the link). Exits non-zero if a partition differs.
+    Verify {
+        topic: String,
+        #[arg(long)]
+        partition: Option<i32>,
+        /// First offset to compare (default: the log start).
+        #[arg(long)]
+        from: Option<i64>,
+        /// Offset to stop before (default: the high watermark).
+        #[arg(long)]
+        to: Option<i64>,
+    },
 }
 
 /// Where the broker's admin API is, and the output format. Both options are global, so they
@@ -213,18 +254,113 @@ async fn link_output(admin: &AdminArgs, cmd: LinkCommand) -> anyhow::Result<Stri
 
 /// What a `strait mirror` command prints.
 async fn mirror_output(admin: &AdminArgs, cmd: MirrorCommand) -> anyhow::Result<String> {
-    let path = match &cmd {
-        MirrorCommand::List => "/v1/mirrors".to_string(),
-        MirrorCommand::Status { topic } => format!("/v1/mirrors/{}", percent_encode(topic)),
+    let (method, path, body) = match &cmd {
+        MirrorCommand::List => ("GET", "/v1/mirrors".to_string(), None),
+        MirrorCommand::Status { topic } => (
+            "GET",
+            format!("/v1/mirrors/{}", percent_encode(topic)),
+            None,
+        ),
+        MirrorCommand::Resolve {
+            topic,
+            partition,
+            reseed,
+            ..
+        } => (
+            "POST",
+            format!(
+                "/v1/mirrors/{}/partitions/{partition}/resolve",
+                percent_encode(topic)
+            ),
+            Some(
+                serde_json::json!({ "choice": if *reseed { "reseed" } else { "truncate" } })
+                    .to_string(),
+            ),
+        ),
+        MirrorCommand::Verify {
+            topic,
+            partition,
+            from,
+            to,
+        } => (
+            "POST",
+            format!("/v1/mirrors/{}/verify", percent_encode(topic)),
+            Some(serde_json::json!({ "partition": partition, "from": from, "to": to }).to_string()),
+        ),
     };
-    let answer = call(&admin.admin, "GET", &path, None).await?;
+    let answer = call(&admin.admin, method, &path, body.as_deref()).await?;
+    if let MirrorCommand::Verify { .. } = cmd {
+        let report = parse::<VerifyReport>(&answer)?;
+        let text = if admin.json {
+            with_newline(answer)
+        } else {
+            verify_text(&report)
+        };
+        if !report.equal {
+            print!("{text}");
+            bail!("the mirror differs from its source");
+        }
+        return Ok(text);
+    }
     if admin.json {
         return Ok(with_newline(answer));
     }
     Ok(match cmd {
         MirrorCommand::List => mirrors_table(&parse::<Vec<MirrorStatus>>(&answer)?),
         MirrorCommand::Status { .. } => mirror_detail(&parse::<MirrorStatus>(&answer)?),
+        MirrorCommand::Resolve { .. } => resolve_text(&parse::<ResolveOutcome>(&answer)?),
+        MirrorCommand::Verify { .. } => verify_text(&parse::<VerifyReport>(&answer)?),
     })
+}
+
+fn verify_text(report: &VerifyReport) -> String {
+    let mut out = format!(
+        "{} (link {}): {}\n",
+        report.topic,
+        report.link,
+        if report.equal {
+            "identical to the source"
+        } else {
+            "DIFFERS from the source"
+        }
+    );
+    for p in &report.partitions {
+        let verdict = match p.first_difference {
+            Some(offset) => format!("first difference at offset {offset}: {}", p.detail),
+            None => p.detail.clone(),
+        };
+        out.push_str(&format!(
+            "  partition {}: [{}, {}) {verdict}\n",
+            p.partition, p.from, p.to
+        ));
+    }
+    out
+}
+
+fn resolve_text(outcome: &ResolveOutcome) -> String {
+    let quarantine = match (&outcome.quarantine_file, &outcome.quarantine_report) {
+        (Some(file), Some(report)) => format!(
+            "quarantined {} records ({} batches, {}, offsets [{}, {})) in {file}, report {report}",
+            outcome.quarantined_records,
+            outcome.quarantined_batches,
+            bytes_text(outcome.quarantined_bytes),
+            outcome.quarantined_first_offset,
+            outcome.quarantined_end_offset
+        ),
+        _ => "no records removed".to_string(),
+    };
+    format!(
+        "{}-{} ({}: {}) resolved by {}: {quarantine}; mirroring resumes at offset {}\n",
+        outcome.topic,
+        outcome.partition,
+        outcome.divergence.kind,
+        outcome.divergence.reason,
+        match outcome.choice {
+            ResolveChoice::Reseed => "re-seeding",
+            ResolveChoice::Truncate => "truncating",
+        },
+        outcome.resumes_at
+    )
 }
 
 fn link_path(name: &str, suffix: &str) -> String {
@@ -318,12 +454,17 @@ pub async fn http_request(
         limited.read_to_end(&mut response).await?;
         Ok::<_, std::io::Error>(response)
     };
-    let response = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+    let timeout = if path.ends_with("/verify") || path.ends_with("/resolve") {
+        LONG_REQUEST_TIMEOUT
+    } else {
+        REQUEST_TIMEOUT
+    };
+    let response = tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| {
             anyhow!(
                 "the broker's admin API at {addr} did not answer within {} s",
-                REQUEST_TIMEOUT.as_secs()
+                timeout.as_secs()
             )
         })?
         .with_context(|| format!("talking to the broker's admin API at {addr}"))?;
@@ -533,12 +674,13 @@ fn partitions_table(partitions: &[PartitionStatus]) -> String {
                 p.lag_records.to_string(),
                 p.lag_bytes.to_string(),
                 p.lag_ms.to_string(),
+                p.gap_offsets.to_string(),
                 p.state.clone(),
                 mb_per_sec,
             ]
         })
         .collect();
-    table(
+    let table = table(
         &[
             "TOPIC",
             "PARTITION",
@@ -547,12 +689,31 @@ fn partitions_table(partitions: &[PartitionStatus]) -> String {
             "LAG RECORDS",
             "LAG BYTES",
             "LAG MS",
+            "GAP",
             "STATE",
             "MB/S",
         ],
-        &[false, true, true, true, true, true, true, false, true],
+        &[false, true, true, true, true, true, true, true, false, true],
         &rows,
-    )
+    );
+    let mut out = table;
+    for p in partitions {
+        if let Some(d) = &p.divergence {
+            out.push_str(&format!(
+                "\n{}-{} DIVERGED ({}): {}\n  mirror end {}, source log [{}, {}); nothing is appended until `strait mirror resolve {} --partition {} --reseed|--truncate`\n",
+                p.topic,
+                p.partition,
+                d.kind,
+                d.reason,
+                d.mirror_end_offset,
+                d.source_log_start_offset,
+                d.source_log_end_offset,
+                p.topic,
+                p.partition
+            ));
+        }
+    }
+    out
 }
 
 fn link_detail(link: &LinkStatus) -> String {
@@ -613,13 +774,17 @@ fn link_detail(link: &LinkStatus) -> String {
         (
             "Settings",
             format!(
-                "zstd {}, batch {} B, linger {} ms, rtt {} ms, {} Mbit/s, {} streams{}",
+                "zstd {}, batch {} B, linger {} ms, rtt {} ms, {} Mbit/s, {} streams, on divergence {}{}",
                 spec.zstd_level,
                 spec.batch_max_bytes,
                 spec.linger_ms,
                 spec.rtt_ms,
                 spec.bandwidth_mbit,
                 spec.streams,
+                match spec.on_divergence {
+                    DivergencePolicy::Stop => "stop",
+                    DivergencePolicy::Reseed => "reseed",
+                },
                 if spec.paused { ", paused" } else { "" }
             ),
         ),
@@ -860,7 +1025,7 @@ mod tests {
         let cells: Vec<&str> = partition_row.split_whitespace().collect();
         assert_eq!(
             cells,
-            ["orders", "1", "100", "91", "9", "1000", "42", "active", "2.50"]
+            ["orders", "1", "100", "91", "9", "1000", "42", "0", "active", "2.50"]
         );
 
         let paused = link_output(
@@ -923,6 +1088,36 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(error.contains("\"a/b\" is not a mirror topic"), "{error}");
+        // Resolve and verify reach the control surface with their arguments.
+        let error = mirror_output(
+            &admin,
+            MirrorCommand::Resolve {
+                topic: "orders".into(),
+                partition: 1,
+                reseed: true,
+                truncate: false,
+            },
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            error,
+            "orders-1 is not diverged: there is nothing to resolve (HTTP 409)"
+        );
+        let error = mirror_output(
+            &admin,
+            MirrorCommand::Verify {
+                topic: "orders".into(),
+                partition: None,
+                from: Some(5),
+                to: None,
+            },
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("not connected (HTTP 503)"), "{error}");
         let deleted = link_output(
             &admin,
             LinkCommand::Delete {

@@ -186,6 +186,7 @@ async fn run_in(dir: &std::path::Path, certs: &std::path::Path, args: &DemoArgs)
             streams: 4,
             paused: false,
             dial_destination: None,
+            on_divergence: Default::default(),
         })?;
     }
     println!(

@@ -90,7 +90,7 @@ pub fn render_links(links: &[LinkStatus], out: &mut String) {
         );
     }
 
-    let partition_gauges: [PartitionMetric; 8] = [
+    let partition_gauges: [PartitionMetric; 10] = [
         (
             "strait_link_partition_lag_records",
             "Records the destination partition still lacks.",
@@ -128,8 +128,18 @@ pub fn render_links(links: &[LinkStatus], out: &mut String) {
         ),
         (
             "strait_link_partition_active",
-            "1 if the partition is being mirrored, 0 if paused or failed.",
+            "1 if the partition is being mirrored, 0 if paused, failed or diverged.",
             |p| Value::Unsigned(u64::from(p.state == "active")),
+        ),
+        (
+            "strait_link_partition_diverged",
+            "1 if the partition stopped because its source's history diverged from the mirror's (see `strait mirror status`), else 0.",
+            |p| Value::Unsigned(u64::from(p.divergence.is_some())),
+        ),
+        (
+            "strait_link_partition_gap_offsets",
+            "Offsets the source deleted (retention, DeleteRecords) before the mirror got them.",
+            |p| Value::Int(p.gap_offsets),
         ),
     ];
     for (name, help, value_of) in partition_gauges {
@@ -253,6 +263,7 @@ mod tests {
             streams: 8,
             paused: false,
             dial_destination: None,
+            on_divergence: Default::default(),
         }
     }
 
@@ -268,6 +279,8 @@ mod tests {
             state: "active".to_string(),
             bytes_per_sec: 1.5e6,
             records_per_sec: f64::NAN,
+            divergence: None,
+            gap_offsets: 0,
         }
     }
 
@@ -455,7 +468,19 @@ mod tests {
             status(
                 "we\"ird\\na\nme",
                 LinkState::Failed("bad cert".to_string()),
-                vec![partition("pay\"ments", 0, 5)],
+                vec![PartitionStatus {
+                    state: "diverged: history-rewritten".to_string(),
+                    divergence: Some(crate::model::Divergence {
+                        kind: "history-rewritten".to_string(),
+                        mirror_end_offset: 995,
+                        source_log_start_offset: 0,
+                        source_log_end_offset: 990,
+                        detected_at_ms: 1,
+                        reason: "test".to_string(),
+                    }),
+                    gap_offsets: 12,
+                    ..partition("pay\"ments", 0, 5)
+                }],
             ),
         ];
         let mut out = String::new();
@@ -480,6 +505,24 @@ mod tests {
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].labels["state"], "failed");
 
+        let diverged = find(
+            &samples,
+            "strait_link_partition_diverged",
+            &[("topic", "pay\"ments")],
+        );
+        assert_eq!(diverged[0].value, 1.0);
+        let gap = find(
+            &samples,
+            "strait_link_partition_gap_offsets",
+            &[("topic", "pay\"ments")],
+        );
+        assert_eq!(gap[0].value, 12.0);
+        let healthy = find(
+            &samples,
+            "strait_link_partition_diverged",
+            &[("topic", "orders"), ("partition", "0")],
+        );
+        assert_eq!(healthy[0].value, 0.0);
         let lag = find(
             &samples,
             "strait_link_partition_lag_records",

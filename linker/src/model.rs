@@ -67,6 +67,90 @@ pub struct LinkSpec {
     /// `source-initiated` under the same name and chooses the topics).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dial_destination: Option<String>,
+    /// What a mirror partition does when its source's history stops being the one it holds.
+    #[serde(default)]
+    pub on_divergence: DivergencePolicy,
+}
+
+/// The automatic answer to a divergence (`--on-divergence`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DivergencePolicy {
+    /// Stop the partition in state `diverged` until the operator chooses (`strait mirror
+    /// resolve`).
+    #[default]
+    Stop,
+    /// Quarantine the mirror's records and re-seed the partition from the source's new history.
+    Reseed,
+}
+
+/// Why and where a mirror partition's source stopped holding the mirror's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Divergence {
+    /// `topic-recreated`, `history-rewritten`, `source-truncated` or `source-cluster-changed`.
+    pub kind: String,
+    /// The mirror's log end offset when it was detected (the next offset it expected).
+    pub mirror_end_offset: i64,
+    /// The source partition's log start and end offsets as it reported them (-1: unknown).
+    pub source_log_start_offset: i64,
+    pub source_log_end_offset: i64,
+    /// When it was detected (ms since the epoch, broker clock).
+    pub detected_at_ms: i64,
+    pub reason: String,
+}
+
+/// The operator's way out of a divergence (`strait mirror resolve`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResolveChoice {
+    /// Quarantine every record of the mirror partition and mirror the source's new history
+    /// from its log start.
+    Reseed,
+    /// Quarantine the mirror's records from the first one the source does not hold identically
+    /// and continue from there.
+    Truncate,
+}
+
+/// What a resolution did: the records it took out of the mirror are in `quarantine_file`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolveOutcome {
+    pub topic: String,
+    pub partition: i32,
+    pub choice: ResolveChoice,
+    pub divergence: Divergence,
+    /// The mirror's log end offset after the resolution (where mirroring continues).
+    pub resumes_at: i64,
+    pub quarantine_file: Option<String>,
+    pub quarantine_report: Option<String>,
+    pub quarantined_first_offset: i64,
+    pub quarantined_end_offset: i64,
+    pub quarantined_batches: u64,
+    pub quarantined_records: u64,
+    pub quarantined_bytes: u64,
+}
+
+/// `strait mirror verify`: one partition compared with its source over a range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionVerify {
+    pub topic: String,
+    pub partition: i32,
+    /// The range compared: `[from, to)` clipped to both logs.
+    pub from: i64,
+    pub to: i64,
+    pub batches_compared: u64,
+    /// The first mirror offset whose batch differs from the source's (or that the source
+    /// lacks, or that fails its own check), if any.
+    pub first_difference: Option<i64>,
+    pub detail: String,
+}
+
+/// `strait mirror verify TOPIC`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub topic: String,
+    pub link: String,
+    pub equal: bool,
+    pub partitions: Vec<PartitionVerify>,
 }
 
 pub fn default_server_name() -> String {
@@ -119,11 +203,18 @@ pub struct PartitionStatus {
     pub lag_bytes: u64,
     /// How long the destination has been behind the source (0 when caught up).
     pub lag_ms: u64,
-    /// "active", "paused" or "failed: <reason>".
+    /// "active", "paused", "diverged: <kind>" or "failed: <reason>".
     pub state: String,
     /// Source bytes received per second, averaged over the last few seconds.
     pub bytes_per_sec: f64,
     pub records_per_sec: f64,
+    /// Set while the partition is stopped because its source's history diverged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub divergence: Option<Divergence>,
+    /// Offsets the source deleted (retention, DeleteRecords) before the mirror got them:
+    /// never mirrored, summed over every time it happened.
+    #[serde(default)]
+    pub gap_offsets: i64,
 }
 
 /// A link's status: `strait link status NAME`.
@@ -166,6 +257,16 @@ pub enum ControlError {
     Invalid(String),
     #[error("{0}")]
     Internal(String),
+    /// The request is well formed but does not fit the object's state (e.g. resolving a
+    /// partition that is not diverged).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request names something that does not exist or makes no sense (not a link).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The operation needs something that is down right now (e.g. the link's connection).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// What the admin API asks of the link manager. Implemented by the agent's `LinkManager`.
@@ -177,4 +278,19 @@ pub trait LinkControl: Send + Sync + 'static {
     fn resume_link(&self, name: &str) -> Result<(), ControlError>;
     fn delete_link(&self, name: &str) -> Result<(), ControlError>;
     fn mirrors(&self) -> Vec<MirrorStatus>;
+    /// The operator's choice for a diverged mirror partition.
+    fn resolve_mirror(
+        &self,
+        topic: &str,
+        partition: i32,
+        choice: ResolveChoice,
+    ) -> Result<ResolveOutcome, ControlError>;
+    /// Compares a mirror topic's batches with its source's over `[from, to)`.
+    fn verify_mirror(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        from: i64,
+        to: i64,
+    ) -> Result<VerifyReport, ControlError>;
 }

@@ -28,9 +28,10 @@ pub use error::{ErrorCode, ProtocolError, TlsError};
 pub use filter::{CompiledFilter, TopicFilter};
 pub use frame::{
     capabilities, decode_body, decode_frame, encode_frame, frame_len, frame_type,
-    negotiate_version, Ack, AckEntry, EncodeOptions, EncodeStats, ErrorFrame, Frame, FrameDecoder,
-    Hello, HelloOk, Limits, Role, SourceOffset, StreamOptions, Subscribe, SubscribePartition,
-    TopicInfo, TopicsReply, TopicsRequest, ALPN, FRAME_PREFIX_BYTES, MAX_ERROR_MESSAGE_BYTES,
-    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    negotiate_version, Ack, AckEntry, BatchAnchor, BatchDigest, Diverged, DivergenceKind,
+    EncodeOptions, EncodeStats, ErrorFrame, Frame, FrameDecoder, Hello, HelloOk, Limits,
+    ResumeCheck, Role, SourceOffset, StreamOptions, Subscribe, SubscribePartition, TopicId,
+    TopicInfo, TopicsReply, TopicsRequest, VerifyReply, VerifyRequest, ALPN, FRAME_PREFIX_BYTES,
+    MAX_ERROR_MESSAGE_BYTES, MAX_VERIFY_DIGESTS, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 pub use packer::{DataPacker, PackerConfig};

@@ -1285,13 +1285,13 @@ fn wrong_certificates_and_version_mismatch_refused() {
         &[],
         tls_words,
     );
-    // (c) the destination speaks only protocol version 2, the source only version 1.
+    // (c) the destination speaks only protocol version 3, the source versions 1 and 2.
     assert_link_refused(
         "version-mismatch",
         good.tls_args("east"),
         good.tls_args("west"),
         &[],
-        &["--link-protocol-versions", "2-2"],
+        &["--link-protocol-versions", "3-3"],
         &["version"],
     );
 }

@@ -13,6 +13,7 @@ mod checkpoint;
 mod files;
 mod index;
 mod recovery;
+mod rewind;
 mod segment;
 #[cfg(test)]
 mod tests;

@@ -930,3 +930,52 @@ fn reset_interrupted_after_the_checkpoint_recovers_to_a_consistent_log() {
     log.reset_to(end + 50).unwrap();
     assert_eq!(log.log_end_offset(), end + 50);
 }
+
+#[test]
+fn truncate_to_a_batch_boundary_keeps_the_prefix_across_segments_and_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path(), config(400));
+    let batches = fill(&mut log, 40, |i| 1_000 + i as i64);
+    assert!(segment_files(tmp.path()).len() > 3, "several segments");
+    // Cut in the middle of the log, at a batch that is not a segment's first.
+    let (cut, _, _) = batches[17];
+    let before: Vec<u8> = batches[..17]
+        .iter()
+        .flat_map(|(base, _, raw)| stored(raw, *base))
+        .collect();
+    assert!(log.truncate_to(cut + 1).is_err(), "inside a batch");
+    log.truncate_to(cut).unwrap();
+    assert_eq!(log.log_end_offset(), cut);
+    assert_eq!(read_all(&log), before);
+    assert_eq!(
+        log.header_at(batches[3].0).unwrap().base_offset,
+        batches[3].0
+    );
+    assert!(log.header_at(cut).is_err(), "past the end now");
+    // Appending continues at the cut; a reopen sees the same log.
+    let mut raw = build(&[b"after"], 9_999);
+    assert_eq!(log.append(&mut raw, EPOCH, 1_000).unwrap().base_offset, cut);
+    drop(log);
+    let (log, _) = open(tmp.path(), config(400));
+    assert_eq!(log.log_end_offset(), cut + 1);
+    log.verify().unwrap();
+}
+
+#[test]
+fn restart_at_a_lower_offset_empties_the_log_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path(), config(400));
+    fill(&mut log, 20, |i| 1_000 + i as i64);
+    log.delete_records_before(5).unwrap();
+    log.restart_at(2).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (2, 2));
+    assert_eq!(segment_files(tmp.path()).len(), 1);
+    let raw = build(&[b"new history"], 5_000);
+    let mut stamped = raw.clone();
+    stamp_offset_and_epoch(&mut stamped, 2, EPOCH);
+    log.append_at_offset(&stamped, 1_000).unwrap();
+    drop(log);
+    let (log, _) = open(tmp.path(), config(400));
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (2, 3));
+    assert_eq!(read_all(&log), stored(&raw, 2));
+}

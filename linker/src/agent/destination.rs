@@ -14,16 +14,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use broker_core::broker::MirrorSource;
 use broker_core::broker::{NewTopic, Partition};
 use broker_core::config::TopicConfig;
 use mirror_protocol::{
-    capabilities, Ack, AckEntry, EncodeOptions, Frame, Hello, HelloOk, Role, SourceOffset,
-    StreamOptions, Subscribe, SubscribePartition, TopicFilter, TopicInfo, TopicsRequest,
-    TransportSettings,
+    capabilities, Ack, AckEntry, BatchAnchor, EncodeOptions, Frame, Hello, HelloOk, ResumeCheck,
+    Role, SourceOffset, StreamOptions, Subscribe, SubscribePartition, TopicFilter, TopicId,
+    TopicInfo, TopicsRequest, TransportSettings,
 };
 use quinn::Connection;
 use tokio::task::JoinSet;
 
+use super::divergence::{self, LinkRequest};
 use super::framing::{read_frame, read_frame_budgeted, write_frame};
 use super::status::LinkShared;
 use super::AgentShared;
@@ -103,9 +105,13 @@ pub async fn run_inbound_link(
     while let Some(handed) = inbound.recv().await {
         shared.connected(handed.source_cluster_id.clone());
         let result = mirror_established(
-            handed.conn,
-            handed.send,
-            handed.recv,
+            Established {
+                conn: handed.conn,
+                send: handed.send,
+                recv: handed.recv,
+                version: handed.version,
+                source_cluster_id: handed.source_cluster_id,
+            },
             &agent,
             &spec,
             &shared,
@@ -154,9 +160,13 @@ async fn connect_and_mirror(
     tracing::info!(link = %spec.name, source_cluster = %dialled.hello_ok.cluster_id, version = dialled.hello_ok.version, "link connected to the source");
     shared.connected(dialled.hello_ok.cluster_id.clone());
     let result = mirror_established(
-        dialled.conn,
-        dialled.send,
-        dialled.recv,
+        Established {
+            conn: dialled.conn,
+            send: dialled.send,
+            recv: dialled.recv,
+            version: dialled.hello_ok.version,
+            source_cluster_id: dialled.hello_ok.cluster_id.clone(),
+        },
         agent,
         spec,
         shared,
@@ -268,16 +278,46 @@ pub async fn dial(agent: &AgentShared, spec: &LinkSpec, addr: &str, role: Role) 
     }
 }
 
+/// A connection to the source past its handshake.
+pub struct Established {
+    pub conn: Connection,
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+    /// The negotiated protocol version (2 and up: continuity checks).
+    pub version: u16,
+    pub source_cluster_id: String,
+}
+
+/// Closes the link's request channel when the connection's task ends.
+struct RequestsOpen<'a>(&'a LinkShared);
+
+impl Drop for RequestsOpen<'_> {
+    fn drop(&mut self) {
+        self.0.close_requests();
+    }
+}
+
 /// Mirrors over an established connection (whichever side dialled): topic metadata on the
-/// control stream, data streams opened by this destination.
+/// control stream, data streams opened by this destination, and the admin API's requests
+/// (verify) on streams of their own.
 async fn mirror_established(
-    conn: Connection,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    established: Established,
     agent: &Arc<AgentShared>,
     spec: &LinkSpec,
     shared: &Arc<LinkShared>,
 ) -> Result<()> {
+    let Established {
+        conn,
+        mut send,
+        mut recv,
+        version,
+        source_cluster_id,
+    } = established;
+    if version < 2 {
+        tracing::warn!(link = %spec.name, version, "the source speaks link protocol version 1: divergence checks (topic ids, resume points) are not available on this connection");
+    }
+    let mut requests = shared.open_requests();
+    let _requests_open = RequestsOpen(shared);
     let limits = agent.limits;
     let mut scratch = Vec::new();
     let plain = EncodeOptions::default();
@@ -299,7 +339,11 @@ async fn mirror_established(
                     Some((other, _)) => bail!("protocol error: expected TopicsReply, got {}", other.name()),
                     None => bail!("the source closed the control stream"),
                 };
-                let ready = sync_topics(agent, spec, shared, &topics);
+                let synced = sync_topics(agent, spec, shared, &topics, &source_cluster_id)?;
+                if synced.reseeded {
+                    bail!("re-seeded diverged mirror partitions (policy on-divergence=reseed); reconnecting to resubscribe them");
+                }
+                let ready = synced.ready;
                 let new: Vec<(String, i32)> = ready.into_iter().filter(|p| !subscribed.contains(p)).collect();
                 if !new.is_empty() {
                     let groups = if subscribed.is_empty() { spec.streams.max(1) } else { 1 };
@@ -308,7 +352,7 @@ async fn mirror_established(
                         let agent = agent.clone();
                         let spec = spec.clone();
                         let shared = shared.clone();
-                        lanes.spawn(async move { run_lane(conn, agent, spec, shared, group).await });
+                        lanes.spawn(async move { run_lane(conn, agent, spec, shared, group, version).await });
                     }
                     subscribed.extend(new);
                 }
@@ -321,9 +365,40 @@ async fn mirror_established(
                     Err(e) => bail!("a data stream task failed: {e}"),
                 }
             }
+            Some(request) = requests.recv() => {
+                let (conn, agent) = (conn.clone(), agent.clone());
+                tokio::spawn(async move { serve_request(conn, agent, request, version).await });
+            }
             reason = conn.closed() => {
                 return Err(anyhow!("connection lost: {reason}"));
             }
+        }
+    }
+}
+
+/// Does one admin request on the live connection and sends the answer back.
+async fn serve_request(
+    conn: Connection,
+    agent: Arc<AgentShared>,
+    request: LinkRequest,
+    version: u16,
+) {
+    match request {
+        LinkRequest::Verify {
+            topic,
+            partition,
+            from,
+            to,
+            reply,
+        } => {
+            let result = if version < 2 {
+                Err("the source speaks link protocol version 1, which cannot verify".to_string())
+            } else {
+                divergence::compare_with_source(&conn, &agent, &topic, partition, from, to)
+                    .await
+                    .map_err(|e| format!("{e:#}"))
+            };
+            let _ = reply.send(result);
         }
     }
 }
@@ -339,16 +414,27 @@ fn spread(parts: &[(String, i32)], n: usize) -> Vec<Vec<(String, i32)>> {
     groups
 }
 
-/// Brings the mirror topics in line with the source's metadata; returns the partitions that
-/// are ready to be mirrored.
+/// What a metadata round decided.
+struct Synced {
+    /// Partitions ready to be mirrored (not diverged).
+    ready: Vec<(String, i32)>,
+    /// Whether the divergence policy re-seeded partitions (they must be resubscribed).
+    reseeded: bool,
+}
+
+/// Brings the mirror topics in line with the source's metadata and checks that each still
+/// follows the same source topic (id and cluster); returns the partitions that are ready to be
+/// mirrored. Errors only if a divergence cannot be recorded.
 fn sync_topics(
     agent: &AgentShared,
     spec: &LinkSpec,
     shared: &LinkShared,
     topics: &[TopicInfo],
-) -> Vec<(String, i32)> {
+    source_cluster_id: &str,
+) -> Result<Synced> {
     let broker = &agent.broker;
     let mut ready = Vec::new();
+    let mut reseeded = false;
     let mut names = Vec::new();
     for info in topics {
         let config = match TopicConfig::from_pairs(
@@ -378,6 +464,15 @@ fn sync_topics(
             ) {
                 Ok(t) => {
                     tracing::info!(link = %spec.name, topic = %info.name, partitions = info.partitions, "created mirror topic");
+                    if let Some(id) = info.topic_id {
+                        broker.set_mirror_source(
+                            &info.name,
+                            Some(MirrorSource {
+                                cluster_id: source_cluster_id.to_string(),
+                                topic_id: uuid::Uuid::from_bytes(id.0),
+                            }),
+                        )?;
+                    }
                     t
                 }
                 Err(e) => {
@@ -426,12 +521,50 @@ fn sync_topics(
             }
         }
         names.push(info.name.clone());
+        if let Some(id) = info.topic_id {
+            let seen = MirrorSource {
+                cluster_id: source_cluster_id.to_string(),
+                topic_id: uuid::Uuid::from_bytes(id.0),
+            };
+            match topic.mirror_source() {
+                None => {
+                    // A mirror made before topic ids were recorded, or re-seeded after a
+                    // re-creation: it follows this source topic from now on.
+                    broker.set_mirror_source(&info.name, Some(seen.clone()))?;
+                    tracing::info!(link = %spec.name, topic = %info.name, source_topic_id = %seen.topic_id, "mirror topic now records its source topic id");
+                }
+                Some(recorded) if recorded != seen => {
+                    let (kind, reason) = if recorded.cluster_id != seen.cluster_id {
+                        (
+                            "source-cluster-changed",
+                            format!(
+                            "the link's source is now cluster {} but the mirror follows cluster {}",
+                            seen.cluster_id, recorded.cluster_id
+                        ),
+                        )
+                    } else {
+                        ("topic-recreated", format!(
+                            "the source topic {} was deleted and created again: its id is now {} but the mirror follows {}",
+                            info.name, seen.topic_id, recorded.topic_id
+                        ))
+                    };
+                    for p in 0..topic.partition_count() {
+                        let end = broker.partition(&info.name, p)?.offsets().log_end_offset;
+                        let d = divergence::divergence(kind, end, -1, -1, reason.clone());
+                        reseeded |= divergence::diverged(agent, spec, &info.name, p, d)?;
+                    }
+                }
+                Some(_) => {}
+            }
+        }
         for p in 0..topic.partition_count().min(info.partitions) {
-            ready.push((info.name.clone(), p));
+            if divergence::divergence_of(agent, &info.name, p).is_none() {
+                ready.push((info.name.clone(), p));
+            }
         }
     }
     shared.set_mirror_topics(names);
-    ready
+    Ok(Synced { ready, reseeded })
 }
 
 /// One data stream: subscribes its partitions from the destination's log end offsets and
@@ -442,6 +575,7 @@ async fn run_lane(
     spec: LinkSpec,
     shared: Arc<LinkShared>,
     parts: Vec<(String, i32)>,
+    version: u16,
 ) -> Result<()> {
     let broker = &agent.broker;
     let limits = agent.limits;
@@ -451,10 +585,16 @@ async fn run_lane(
     let mut subscribe = Vec::with_capacity(parts.len());
     for (topic, index) in &parts {
         let p = broker.partition(topic, *index)?;
+        let resume = if version >= 2 {
+            resume_check(broker, topic, &p)?
+        } else {
+            ResumeCheck::default()
+        };
         subscribe.push(SubscribePartition {
             topic: topic.clone(),
             partition: *index,
             start: SourceOffset(p.offsets().log_end_offset),
+            resume,
         });
         partitions.push(p);
     }
@@ -527,6 +667,23 @@ async fn run_lane(
         let wire = read.wire_bytes;
         let data = match &read.frame {
             Frame::Data(d) => d,
+            Frame::Diverged(d) => {
+                let found = divergence::divergence(
+                    d.kind.as_str(),
+                    d.mirror_end.0,
+                    d.source_log_start.0,
+                    d.source_log_end.0,
+                    d.message.clone(),
+                );
+                if divergence::diverged(&agent, &spec, &d.topic, d.partition, found)? {
+                    bail!(
+                        "re-seeded {}-{} (policy on-divergence=reseed); resubscribing",
+                        d.topic,
+                        d.partition
+                    );
+                }
+                continue;
+            }
             Frame::Error(e) => bail!("the source reported {:?}: {}", e.code, e.message),
             other => bail!(
                 "protocol error: unexpected {} on a data stream",
@@ -549,11 +706,22 @@ async fn run_lane(
                     entry.partition
                 );
             };
+            // Nothing of a diverged partition is appended (the source stops sending it, but a
+            // frame may already be on its way, or the divergence came from metadata).
+            if divergence::divergence_of(&agent, &entry.topic, entry.partition).is_some() {
+                continue;
+            }
             // The destination's log end offset, kept up to date below without re-reading it.
             let mut end = p.offsets().log_end_offset;
             if entry.source_log_start.0 > end {
-                tracing::warn!(topic = %entry.topic, partition = entry.partition, from = end, to = entry.source_log_start.0,
+                let gap = entry.source_log_start.0 - end;
+                tracing::warn!(topic = %entry.topic, partition = entry.partition, from = end, to = entry.source_log_start.0, gap_offsets = gap,
                     "the source deleted records this mirror never got (retention); restarting the mirror partition at the source's log start");
+                let id = divergence::mirror_topic_id(&agent, &entry.topic)
+                    .ok_or_else(|| anyhow!("mirror topic {} vanished", entry.topic))?;
+                agent
+                    .mirror_states
+                    .update(&entry.topic, entry.partition, &id, |s| s.gap_offsets += gap)?;
                 p.reset_for_mirror(entry.source_log_start.0, &notify)?;
                 end = entry.source_log_start.0;
             }
@@ -561,6 +729,7 @@ async fn run_lane(
             let mut records = 0;
             let mut stop_reason = None;
             if !entry.batches.is_empty() {
+                adopt_straddling_start(&agent, &p, &entry.batches, end)?;
                 let r = p.append_mirrored(&entry.batches, fsync, &notify)?;
                 if let Some(refused) = &r.refused {
                     // A structurally broken batch from the source: it was not written (the
@@ -606,6 +775,54 @@ async fn run_lane(
             };
         }
     }
+}
+
+/// After a restart at the source's log start, the log is empty at an offset that may fall
+/// inside a batch (DeleteRecords cuts anywhere; the source still serves that whole batch, as
+/// Kafka does). An empty mirror log then starts at that batch's base instead, and the offsets
+/// it does get are taken off the retention gap.
+fn adopt_straddling_start(
+    agent: &AgentShared,
+    p: &Partition,
+    batches: &[u8],
+    end: i64,
+) -> Result<()> {
+    let Ok(first) = broker_core::batch::BatchHeader::parse(batches) else {
+        return Ok(()); // append_mirrored reports the bad batch
+    };
+    let offsets = p.offsets();
+    let straddles = first.base_offset < end && first.last_offset() >= end;
+    if !straddles || offsets.log_start_offset != offsets.log_end_offset {
+        return Ok(());
+    }
+    p.restart_mirror_at(first.base_offset, &agent.broker.data_arrived)?;
+    if let Some(id) = divergence::mirror_topic_id(agent, &p.topic) {
+        agent.mirror_states.update(&p.topic, p.index, &id, |s| {
+            s.gap_offsets = (s.gap_offsets - (end - first.base_offset)).max(0)
+        })?;
+    }
+    tracing::info!(topic = %p.topic, partition = p.index, from = end, to = first.base_offset,
+        "the source's log start is inside a batch: the mirror starts at that batch");
+    Ok(())
+}
+
+/// What the source must check before continuing a partition from the mirror's end: the source
+/// topic the mirror follows and the mirror's last batch.
+fn resume_check(broker: &broker_core::Broker, topic: &str, p: &Partition) -> Result<ResumeCheck> {
+    let source_topic_id = broker
+        .topic(topic)
+        .and_then(|t| t.mirror_source())
+        .map(|s| TopicId(*s.topic_id.as_bytes()));
+    let last_batch = p.last_batch()?.map(|h| BatchAnchor {
+        base_offset: SourceOffset(h.base_offset),
+        last_offset: SourceOffset(h.last_offset()),
+        leader_epoch: h.partition_leader_epoch,
+        crc: h.crc,
+    });
+    Ok(ResumeCheck {
+        source_topic_id,
+        last_batch,
+    })
 }
 
 /// Aborts a task when dropped (a lane's ack writer ends with the lane).

@@ -36,6 +36,7 @@ async fn dial_and_serve(
         dialled.recv,
         SourceContext::new(agent.clone()),
         spec.name.clone(),
+        dialled.hello_ok.version,
     )
     .await;
     dialled

@@ -9,7 +9,9 @@
 
 pub mod destination;
 pub mod dialer;
+pub mod divergence;
 pub mod framing;
+pub mod mirror_state;
 pub mod source;
 pub mod status;
 
@@ -21,12 +23,16 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use broker_core::Broker;
 use mirror_protocol::{
-    Congestion, Identity, Limits, TopicFilter, TransportSettings, PROTOCOL_VERSION,
+    Congestion, Identity, Limits, TopicFilter, TransportSettings, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::model::{ControlError, LinkControl, LinkMode, LinkSpec, LinkStatus, MirrorStatus};
+use crate::model::{
+    ControlError, LinkControl, LinkMode, LinkSpec, LinkStatus, MirrorStatus, PartitionVerify,
+    ResolveChoice, ResolveOutcome, VerifyReport,
+};
 use status::LinkShared;
 
 /// What every link task of this broker shares.
@@ -46,6 +52,8 @@ pub struct AgentShared {
     pub congestion: Congestion,
     /// Memory all data streams may hold in frames at once (see `framing::MEMORY_BUDGET_KIB`).
     pub frame_budget: Arc<tokio::sync::Semaphore>,
+    /// Divergences and retention gaps of this broker's mirror partitions (persisted).
+    pub mirror_states: mirror_state::MirrorStates,
 }
 
 /// A connection a source dialled in on, handed to its source-initiated link after the
@@ -55,6 +63,8 @@ pub struct Inbound {
     pub send: quinn::SendStream,
     pub recv: quinn::RecvStream,
     pub source_cluster_id: String,
+    /// The protocol version negotiated in the handshake.
+    pub version: u16,
 }
 
 struct RunningLink {
@@ -82,7 +92,7 @@ impl Default for AgentOptions {
     fn default() -> Self {
         AgentOptions {
             identity: None,
-            versions: (PROTOCOL_VERSION, PROTOCOL_VERSION),
+            versions: (MIN_PROTOCOL_VERSION, PROTOCOL_VERSION),
             congestion: Congestion::Bbr,
         }
     }
@@ -106,6 +116,10 @@ impl LinkManager {
             listening: Mutex::new(None),
             congestion: options.congestion,
             frame_budget: Arc::new(tokio::sync::Semaphore::new(framing::MEMORY_BUDGET_KIB)),
+            mirror_states: mirror_state::MirrorStates::open(
+                db.open_tree("mirror-partitions")
+                    .context("opening the mirror partition states")?,
+            )?,
         });
         let manager = Arc::new(LinkManager {
             agent,
@@ -396,12 +410,12 @@ impl LinkControl for LinkManager {
         let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         links
             .values()
-            .map(|l| l.shared.status(&l.spec, &self.agent.broker))
+            .map(|l| l.shared.status(&l.spec, &self.agent))
             .collect()
     }
 
     fn link_status(&self, name: &str) -> Result<LinkStatus, ControlError> {
-        self.with_link(name, |l| l.shared.status(&l.spec, &self.agent.broker))
+        self.with_link(name, |l| l.shared.status(&l.spec, &self.agent))
     }
 
     fn create_link(&self, spec: LinkSpec) -> Result<LinkStatus, ControlError> {
@@ -454,6 +468,138 @@ impl LinkControl for LinkManager {
     fn mirrors(&self) -> Vec<MirrorStatus> {
         let statuses = self.list_links();
         self.mirror_status_of(&statuses)
+    }
+
+    fn resolve_mirror(
+        &self,
+        topic: &str,
+        partition: i32,
+        choice: ResolveChoice,
+    ) -> Result<ResolveOutcome, ControlError> {
+        let (link, spec, shared) = self.mirror_link_of(topic)?;
+        let divergence =
+            divergence::divergence_of(&self.agent, topic, partition).ok_or_else(|| {
+                ControlError::Invalid(format!(
+                    "{topic}-{partition} is not diverged: there is nothing to resolve"
+                ))
+            })?;
+        let common = match choice {
+            ResolveChoice::Reseed => None,
+            ResolveChoice::Truncate => {
+                if matches!(
+                    divergence.kind.as_str(),
+                    "topic-recreated" | "source-cluster-changed"
+                ) {
+                    return Err(ControlError::Conflict(format!(
+                        "{topic}-{partition} diverged because {}: the new source history shares nothing with the mirror, so there is no common point to truncate to; use --reseed",
+                        divergence.reason
+                    )));
+                }
+                let end = self
+                    .agent
+                    .broker
+                    .partition(topic, partition)
+                    .map_err(|e| ControlError::Internal(e.to_string()))?
+                    .offsets()
+                    .log_end_offset;
+                let verdict = self.ask_link(&shared, topic, partition, 0, end)?;
+                Some(verdict.first_difference.unwrap_or(verdict.to))
+            }
+        };
+        let outcome =
+            divergence::resolve_locally(&self.agent, &link, topic, partition, choice, common)
+                .map_err(|e| ControlError::Internal(format!("{e:#}")))?;
+        // Restart the link task so every lane resubscribes from the new mirror end.
+        self.start(spec);
+        Ok(outcome)
+    }
+
+    fn verify_mirror(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        from: i64,
+        to: i64,
+    ) -> Result<VerifyReport, ControlError> {
+        let (link, _, shared) = self.mirror_link_of(topic)?;
+        let count = self
+            .agent
+            .broker
+            .topic(topic)
+            .map_or(0, |t| t.partition_count());
+        let partitions: Vec<i32> = match partition {
+            Some(p) if (0..count).contains(&p) => vec![p],
+            Some(p) => {
+                return Err(ControlError::BadRequest(format!(
+                    "{topic} has no partition {p} (it has {count})"
+                )))
+            }
+            None => (0..count).collect(),
+        };
+        let mut results = Vec::with_capacity(partitions.len());
+        for p in partitions {
+            results.push(self.ask_link(&shared, topic, p, from, to)?);
+        }
+        Ok(VerifyReport {
+            topic: topic.to_string(),
+            link,
+            equal: results.iter().all(|r| r.first_difference.is_none()),
+            partitions: results,
+        })
+    }
+}
+
+impl LinkManager {
+    /// The running link that mirrors `topic`.
+    fn mirror_link_of(
+        &self,
+        topic: &str,
+    ) -> Result<(String, LinkSpec, Arc<LinkShared>), ControlError> {
+        let link = self
+            .agent
+            .broker
+            .topic(topic)
+            .and_then(|t| t.mirror_link())
+            .ok_or_else(|| ControlError::BadRequest(format!("{topic} is not a mirror topic")))?;
+        let (spec, shared) = self.with_link(&link, |l| (l.spec.clone(), l.shared.clone()))?;
+        Ok((link, spec, shared))
+    }
+
+    /// Runs a verify of one partition on the link's live connection (called from a blocking
+    /// thread of the admin API).
+    fn ask_link(
+        &self,
+        shared: &LinkShared,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        to: i64,
+    ) -> Result<PartitionVerify, ControlError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = divergence::LinkRequest::Verify {
+            topic: topic.to_string(),
+            partition,
+            from,
+            to,
+            reply,
+        };
+        let unavailable = || {
+            ControlError::Unavailable(
+                "the link is not connected to its source, which verify and truncate need (to compare batches); retry once `strait link status` shows it active".into(),
+            )
+        };
+        shared
+            .request_sender()
+            .ok_or_else(unavailable)?
+            .try_send(request)
+            .map_err(|_| unavailable())?;
+        self.runtime
+            .block_on(async {
+                tokio::time::timeout(std::time::Duration::from_secs(600), answer).await
+            })
+            .map_err(|_| ControlError::Internal("verify timed out after 600 s".into()))?
+            .map_err(|_| unavailable())?
+            .map_err(ControlError::Internal)
     }
 }
 

@@ -18,8 +18,9 @@ use broker_core::broker::{Partition, PartitionOffsets};
 use broker_core::Broker;
 use bytes::Bytes;
 use mirror_protocol::{
-    capabilities, DataEntry, DataPacker, EncodeOptions, ErrorCode, ErrorFrame, Frame, HelloOk,
-    Limits, PackerConfig, Role, SourceOffset, Subscribe, TopicInfo, TopicsReply,
+    capabilities, DataEntry, DataPacker, Diverged, DivergenceKind, EncodeOptions, ErrorCode,
+    ErrorFrame, Frame, HelloOk, Limits, PackerConfig, Role, SourceOffset, Subscribe,
+    SubscribePartition, TopicId, TopicInfo, TopicsReply,
 };
 use quinn::{Connection, RecvStream, SendStream};
 
@@ -193,6 +194,7 @@ async fn serve_connection(conn: Connection, ctx: Arc<SourceContext>) -> Result<(
             send,
             recv,
             source_cluster_id: hello.cluster_id,
+            version,
         };
         if sender.send(handed).await.is_err() {
             bail!(
@@ -231,7 +233,7 @@ async fn serve_connection(conn: Connection, ctx: Arc<SourceContext>) -> Result<(
             );
         }
     }
-    serve_established(conn, send, recv, ctx, link).await
+    serve_established(conn, send, recv, ctx, link, version).await
 }
 
 /// Serves an established link connection as its source: topic metadata on the control stream,
@@ -242,6 +244,7 @@ pub async fn serve_established(
     mut recv: RecvStream,
     ctx: Arc<SourceContext>,
     link: String,
+    version: u16,
 ) -> Result<()> {
     let data_conn = conn.clone();
     let data_ctx = ctx.clone();
@@ -253,7 +256,9 @@ pub async fn serve_established(
                     let ctx = data_ctx.clone();
                     let link = data_link.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve_data_stream(send, recv, ctx, link.clone()).await {
+                        if let Err(e) =
+                            serve_data_stream(send, recv, ctx, link.clone(), version).await
+                        {
                             tracing::debug!(link = %link, error = format!("{e:#}"), "data stream ended");
                         }
                     });
@@ -262,7 +267,7 @@ pub async fn serve_established(
             }
         }
     });
-    let result = control_loop(&mut send, &mut recv, &ctx).await;
+    let result = control_loop(&mut send, &mut recv, &ctx, version).await;
     streams.abort();
     result
 }
@@ -271,6 +276,7 @@ async fn control_loop(
     send: &mut SendStream,
     recv: &mut RecvStream,
     ctx: &SourceContext,
+    version: u16,
 ) -> Result<()> {
     let mut scratch = Vec::new();
     while let Some((frame, _)) = read_frame(recv, &ctx.limits).await? {
@@ -290,6 +296,8 @@ async fn control_loop(
                                 .overrides()
                                 .map(|(k, v)| (k.to_string(), v.to_string()))
                                 .collect(),
+                            // Version 1 peers reject the extension.
+                            topic_id: (version >= 2).then(|| TopicId(*t.id.as_bytes())),
                         })
                         .collect(),
                 }),
@@ -313,6 +321,111 @@ async fn control_loop(
         .await?;
     }
     Ok(())
+}
+
+/// The Diverged frame for a partition whose log now ends below the mirror's end.
+fn source_truncated(
+    topic: &str,
+    partition: i32,
+    mirror_end: i64,
+    offsets: &PartitionOffsets,
+) -> Diverged {
+    Diverged {
+        topic: topic.to_string(),
+        partition,
+        kind: DivergenceKind::SourceTruncated,
+        mirror_end: SourceOffset(mirror_end),
+        source_log_start: SourceOffset(offsets.log_start_offset),
+        source_log_end: SourceOffset(offsets.log_end_offset),
+        message: ErrorFrame::new(
+            ErrorCode::OffsetOutOfRange,
+            format!(
+                "the source log of {topic}-{partition} ends at offset {} but the mirror holds records up to {}: the source lost records the mirror has",
+                offsets.log_end_offset, mirror_end
+            ),
+        )
+        .message,
+    }
+}
+
+/// Checks a resubscribing destination's claims about a partition (version 2): same source
+/// topic, and the source's batch at the mirror's last batch offset is the mirror's last batch.
+/// Returns the divergence, if any. Without claims (a version-1 destination) nothing is checked.
+fn check_resume(
+    broker: &Broker,
+    partition: &Partition,
+    sub: &SubscribePartition,
+) -> Option<Diverged> {
+    let offsets = partition.offsets();
+    let diverged = |kind, message: String| Diverged {
+        topic: sub.topic.clone(),
+        partition: sub.partition,
+        kind,
+        mirror_end: sub.start,
+        source_log_start: SourceOffset(offsets.log_start_offset),
+        source_log_end: SourceOffset(offsets.log_end_offset),
+        message: ErrorFrame::new(ErrorCode::Internal, message).message,
+    };
+    if let (Some(claimed), Some(topic)) = (sub.resume.source_topic_id, broker.topic(&sub.topic)) {
+        let actual = TopicId(*topic.id.as_bytes());
+        if claimed != actual {
+            return Some(diverged(
+                DivergenceKind::TopicRecreated,
+                format!(
+                    "the source topic {} has id {actual} but the mirror follows {claimed}: it was deleted and created again",
+                    sub.topic
+                ),
+            ));
+        }
+    }
+    if sub.resume.is_empty() {
+        return None;
+    }
+    if sub.start.0 > offsets.log_end_offset {
+        return Some(source_truncated(
+            &sub.topic,
+            sub.partition,
+            sub.start.0,
+            &offsets,
+        ));
+    }
+    let anchor = sub.resume.last_batch?;
+    if anchor.base_offset.0 < offsets.log_start_offset {
+        // Retention removed the batch: nothing left to compare it with.
+        return None;
+    }
+    let found = match partition.batch_at(anchor.base_offset.0) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(topic = %sub.topic, partition = sub.partition, error = %e, "cannot read the batch at the mirror's resume point");
+            return None;
+        }
+    };
+    let same = found.is_some_and(|h| {
+        h.base_offset == anchor.base_offset.0
+            && h.last_offset() == anchor.last_offset.0
+            && h.crc == anchor.crc
+            && h.partition_leader_epoch == anchor.leader_epoch
+    });
+    if same {
+        return None;
+    }
+    let theirs = found.map_or("no batch".to_string(), |h| {
+        format!(
+            "batch [{}..={}] epoch {} crc {:08x}",
+            h.base_offset,
+            h.last_offset(),
+            h.partition_leader_epoch,
+            h.crc
+        )
+    });
+    Some(diverged(
+        DivergenceKind::HistoryRewritten,
+        format!(
+            "at offset {} the source has {theirs} but the mirror has batch [{}..={}] epoch {} crc {:08x}: the source's log was truncated and rewritten",
+            anchor.base_offset, anchor.base_offset, anchor.last_offset, anchor.leader_epoch, anchor.crc
+        ),
+    ))
 }
 
 /// One subscribed partition and the next offset to send.
@@ -354,9 +467,20 @@ async fn serve_data_stream(
     mut recv: RecvStream,
     ctx: Arc<SourceContext>,
     link: String,
+    version: u16,
 ) -> Result<()> {
     let sub: Subscribe = match read_frame(&mut recv, &ctx.limits).await? {
         Some((Frame::Subscribe(s), _)) => s,
+        Some((Frame::VerifyRequest(request), _)) if version >= 2 => {
+            return super::divergence::serve_verify(
+                &mut send,
+                &mut recv,
+                &ctx.broker,
+                &ctx.limits,
+                request,
+            )
+            .await;
+        }
         Some((other, _)) => {
             return Err(send_error(
                 &mut send,
@@ -369,13 +493,29 @@ async fn serve_data_stream(
         None => return Ok(()),
     };
     let mut cursors = Vec::with_capacity(sub.partitions.len());
+    let mut scratch = Vec::new();
     for p in &sub.partitions {
         match ctx.broker.partition(&p.topic, p.partition) {
-            Ok(partition) => cursors.push(Cursor {
-                topic: p.topic.clone(),
-                partition,
-                next: p.start.0,
-            }),
+            Ok(partition) => {
+                if let Some(diverged) = check_resume(&ctx.broker, &partition, p) {
+                    tracing::warn!(link = %link, topic = %p.topic, partition = p.partition, kind = diverged.kind.as_str(),
+                        reason = %diverged.message, "the destination's mirror is not this partition's history: not serving it");
+                    write_frame(
+                        &mut send,
+                        &Frame::Diverged(diverged),
+                        &EncodeOptions::default(),
+                        &ctx.limits,
+                        &mut scratch,
+                    )
+                    .await?;
+                    continue;
+                }
+                cursors.push(Cursor {
+                    topic: p.topic.clone(),
+                    partition,
+                    next: p.start.0,
+                })
+            }
             Err(e) => {
                 return Err(send_error(
                     &mut send,
@@ -408,7 +548,6 @@ async fn serve_data_stream(
             }
         }
     });
-    let mut scratch = Vec::new();
     let mut last_sent = Instant::now();
     let result: Result<()> = async {
         loop {
@@ -417,11 +556,17 @@ async fn serve_data_stream(
             notified.as_mut().enable();
             let mut read_any = false;
             let now = Instant::now();
-            for c in cursors.iter_mut() {
+            let mut truncated = None;
+            for (i, c) in cursors.iter_mut().enumerate() {
                 if packer.is_full() {
                     break;
                 }
                 let offsets = c.partition.offsets();
+                if c.next > offsets.log_end_offset && version >= 2 {
+                    // The log lost records the destination already has, under this stream.
+                    truncated = Some((i, source_truncated(&c.topic, c.partition.index, c.next, &offsets)));
+                    break;
+                }
                 if c.next > offsets.log_end_offset {
                     return Err(send_error(
                         &mut send,
@@ -461,6 +606,17 @@ async fn serve_data_stream(
                 read_any = true;
                 entry.batches = Bytes::from(data);
                 packer.push(entry, now);
+            }
+            if let Some((i, diverged)) = truncated {
+                tracing::warn!(link = %link, topic = %diverged.topic, partition = diverged.partition,
+                    reason = %diverged.message, "source log truncated below the mirror's end: no longer serving the partition");
+                // Whatever is packed for it came before the truncation: send it first.
+                if let Some(data) = packer.take() {
+                    write_frame(&mut send, &Frame::Data(data), &opts, &ctx.limits, &mut scratch).await?;
+                }
+                write_frame(&mut send, &Frame::Diverged(diverged), &opts, &ctx.limits, &mut scratch).await?;
+                cursors.remove(i);
+                continue;
             }
             let now = Instant::now();
             if packer.ready(now) {
@@ -503,4 +659,149 @@ async fn serve_data_stream(
     .await;
     acks.abort();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use broker_core::batch::build_uncompressed;
+    use broker_core::broker::{BrokerConfig, NewTopic};
+    use broker_core::config::TopicConfig;
+    use broker_core::durability::FsyncPolicy;
+    use mirror_protocol::{BatchAnchor, ResumeCheck};
+
+    use super::*;
+
+    fn broker(dir: &std::path::Path) -> Arc<Broker> {
+        Broker::open(BrokerConfig::new(
+            dir.to_path_buf(),
+            "127.0.0.1".into(),
+            9092,
+        ))
+        .unwrap()
+    }
+
+    fn append(b: &Broker, topic: &str, value: &[u8]) {
+        b.partition(topic, 0)
+            .unwrap()
+            .append_produced(
+                build_uncompressed(&[(None, value)], 1_000),
+                &TopicConfig::default(),
+                FsyncPolicy::Never,
+                &b.data_arrived,
+            )
+            .unwrap();
+    }
+
+    fn subscription(start: i64, resume: ResumeCheck) -> SubscribePartition {
+        SubscribePartition {
+            topic: "t".into(),
+            partition: 0,
+            start: SourceOffset(start),
+            resume,
+        }
+    }
+
+    /// The anchor a mirror of `b`'s `t`-0 would send after copying offsets below `end`.
+    fn anchor_at(b: &Broker, offset: i64) -> BatchAnchor {
+        let h = b
+            .partition("t", 0)
+            .unwrap()
+            .batch_at(offset)
+            .unwrap()
+            .unwrap();
+        BatchAnchor {
+            base_offset: SourceOffset(h.base_offset),
+            last_offset: SourceOffset(h.last_offset()),
+            leader_epoch: h.partition_leader_epoch,
+            crc: h.crc,
+        }
+    }
+
+    #[test]
+    fn resume_checks_accept_the_same_history_and_name_each_divergence() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = broker(dir.path());
+        let topic = b
+            .create_topic(NewTopic {
+                name: "t".into(),
+                partitions: 1,
+                config: TopicConfig::default(),
+            })
+            .unwrap();
+        for i in 0..5u8 {
+            append(&b, "t", &[b'a' + i]);
+        }
+        let p = b.partition("t", 0).unwrap();
+        let id = TopicId(*topic.id.as_bytes());
+        let same = ResumeCheck {
+            source_topic_id: Some(id),
+            last_batch: Some(anchor_at(&b, 2)),
+        };
+        // A mirror at 3 whose last batch is the source's: continue (also with no claims).
+        assert_eq!(check_resume(&b, &p, &subscription(3, same)), None);
+        assert_eq!(
+            check_resume(&b, &p, &subscription(9, ResumeCheck::default())),
+            None
+        );
+        // Another topic id.
+        let other = ResumeCheck {
+            source_topic_id: Some(TopicId([9; 16])),
+            ..same
+        };
+        let d = check_resume(&b, &p, &subscription(3, other)).unwrap();
+        assert_eq!(d.kind, DivergenceKind::TopicRecreated);
+        // The mirror is past the source's end.
+        let beyond = ResumeCheck {
+            last_batch: Some(BatchAnchor {
+                base_offset: SourceOffset(6),
+                last_offset: SourceOffset(6),
+                ..anchor_at(&b, 4)
+            }),
+            ..same
+        };
+        let d = check_resume(&b, &p, &subscription(7, beyond)).unwrap();
+        assert_eq!(d.kind, DivergenceKind::SourceTruncated);
+        assert_eq!((d.mirror_end.0, d.source_log_end.0), (7, 5));
+        // Same offsets, other bytes (CRC): the source's history was rewritten.
+        let rewritten = ResumeCheck {
+            last_batch: Some(BatchAnchor {
+                crc: anchor_at(&b, 2).crc ^ 1,
+                ..anchor_at(&b, 2)
+            }),
+            ..same
+        };
+        let d = check_resume(&b, &p, &subscription(3, rewritten)).unwrap();
+        assert_eq!(d.kind, DivergenceKind::HistoryRewritten);
+        assert!(d.message.contains("at offset 2"), "{}", d.message);
+        // Another leader epoch at the same offsets is a divergence too.
+        let epoch = ResumeCheck {
+            last_batch: Some(BatchAnchor {
+                leader_epoch: 7,
+                ..anchor_at(&b, 2)
+            }),
+            ..same
+        };
+        assert_eq!(
+            check_resume(&b, &p, &subscription(3, epoch)).map(|d| d.kind),
+            Some(DivergenceKind::HistoryRewritten)
+        );
+        // Retention removed the anchor's batch: nothing to compare, no false alarm.
+        p.delete_records_before(4).unwrap();
+        let old = ResumeCheck {
+            last_batch: Some(BatchAnchor {
+                crc: 12345,
+                ..anchor_at(&b, 4)
+            }),
+            ..same
+        };
+        let gone = ResumeCheck {
+            last_batch: Some(BatchAnchor {
+                base_offset: SourceOffset(2),
+                last_offset: SourceOffset(2),
+                ..old.last_batch.unwrap()
+            }),
+            ..same
+        };
+        assert_eq!(check_resume(&b, &p, &subscription(3, gone)), None);
+    }
 }

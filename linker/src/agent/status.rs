@@ -7,9 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use broker_core::Broker;
+use tokio::sync::mpsc;
 
+use super::divergence::LinkRequest;
+use super::AgentShared;
 use crate::model::{LinkSpec, LinkState, LinkStatus, PartitionStatus};
+
+/// Requests (verify) waiting for the link task at most; more are refused as busy.
+const MAX_PENDING_REQUESTS: usize = 4;
 
 /// Per-partition figures the destination keeps.
 #[derive(Debug, Default)]
@@ -40,6 +45,8 @@ pub struct LinkShared {
     partitions: Mutex<BTreeMap<(String, i32), PartitionFigures>>,
     mirror_topics: Mutex<Vec<String>>,
     rate: Mutex<(Instant, u64, f64)>,
+    /// Where the admin API sends work for the live connection; `None` while disconnected.
+    requests: Mutex<Option<mpsc::Sender<LinkRequest>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -63,7 +70,25 @@ impl LinkShared {
             partitions: Mutex::new(BTreeMap::new()),
             mirror_topics: Mutex::new(Vec::new()),
             rate: Mutex::new((Instant::now(), 0, 0.0)),
+            requests: Mutex::new(None),
         }
+    }
+
+    /// Opens the request channel of a new connection (replacing any earlier one).
+    pub fn open_requests(&self) -> mpsc::Receiver<LinkRequest> {
+        let (tx, rx) = mpsc::channel(MAX_PENDING_REQUESTS);
+        *lock(&self.requests) = Some(tx);
+        rx
+    }
+
+    /// Closes the request channel (the connection ended).
+    pub fn close_requests(&self) {
+        *lock(&self.requests) = None;
+    }
+
+    /// A sender to the live connection's task, if connected.
+    pub fn request_sender(&self) -> Option<mpsc::Sender<LinkRequest>> {
+        lock(&self.requests).clone()
     }
 
     pub fn set_state(&self, state: LinkState) {
@@ -141,13 +166,37 @@ impl LinkShared {
         }
     }
 
-    /// The status as the admin API shows it; destination offsets are read live from the log.
-    pub fn status(&self, spec: &LinkSpec, broker: &Broker) -> LinkStatus {
+    /// The status as the admin API shows it; destination offsets are read live from the log,
+    /// divergences and gaps from the persisted mirror states (also for partitions this
+    /// connection has not subscribed, e.g. diverged ones after a restart).
+    pub fn status(&self, spec: &LinkSpec, agent: &AgentShared) -> LinkStatus {
+        let broker = &agent.broker;
         let state = self.state();
         let paused = matches!(state, LinkState::Paused);
-        let partitions = lock(&self.partitions)
+        let mut figures = lock(&self.partitions);
+        for topic in broker.topics() {
+            if topic.mirror_link().as_deref() != Some(spec.name.as_str()) {
+                continue;
+            }
+            let id = topic.id.to_string();
+            for p in 0..topic.partition_count() {
+                let persisted = agent.mirror_states.get(&topic.name, p, &id);
+                if persisted.divergence.is_some() || persisted.gap_offsets > 0 {
+                    figures.entry((topic.name.clone(), p)).or_default();
+                }
+            }
+        }
+        let partitions = figures
             .iter()
             .map(|((topic, partition), f)| {
+                let persisted = broker
+                    .topic(topic)
+                    .map(|t| {
+                        agent
+                            .mirror_states
+                            .get(topic, *partition, &t.id.to_string())
+                    })
+                    .unwrap_or_default();
                 let destination_end = broker
                     .partition(topic, *partition)
                     .map(|p| p.offsets().log_end_offset)
@@ -170,16 +219,20 @@ impl LinkShared {
                     } else {
                         f.behind_since.map_or(0, |t| t.elapsed().as_millis() as u64)
                     },
-                    state: match (&f.failure, paused) {
-                        (Some(reason), _) => format!("failed: {reason}"),
-                        (None, true) => "paused".into(),
-                        (None, false) => "active".into(),
+                    state: match (&persisted.divergence, &f.failure, paused) {
+                        (Some(d), _, _) => format!("diverged: {}", d.kind),
+                        (None, Some(reason), _) => format!("failed: {reason}"),
+                        (None, None, true) => "paused".into(),
+                        (None, None, false) => "active".into(),
                     },
                     bytes_per_sec: f.bytes_per_sec,
                     records_per_sec: f.records_per_sec,
+                    divergence: persisted.divergence,
+                    gap_offsets: persisted.gap_offsets,
                 }
             })
             .collect();
+        drop(figures);
         LinkStatus {
             spec: spec.clone(),
             state,

@@ -83,9 +83,18 @@ impl Rng {
         }
     }
 
-    /// A random frame of type `kind % 9`.
+    /// A topic id half the time.
+    pub fn topic_id(&mut self) -> Option<TopicId> {
+        (self.below(2) == 0).then(|| {
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&self.bytes(16));
+            TopicId(id)
+        })
+    }
+
+    /// A random frame of type `kind % 12`.
     pub fn frame(&mut self, kind: u64) -> Frame {
-        match kind % 9 {
+        match kind % 12 {
             0 => Frame::Hello(Hello {
                 min_version: self.next() as u16,
                 max_version: self.next() as u16,
@@ -119,6 +128,7 @@ impl Rng {
                         configs: (0..self.below(3))
                             .map(|_| (self.string(), self.string()))
                             .collect(),
+                        topic_id: self.topic_id(),
                     })
                     .collect(),
             }),
@@ -128,6 +138,15 @@ impl Rng {
                         topic: self.string(),
                         partition: self.next() as i32,
                         start: self.offset(),
+                        resume: ResumeCheck {
+                            source_topic_id: self.topic_id(),
+                            last_batch: (self.below(2) == 0).then(|| BatchAnchor {
+                                base_offset: self.offset(),
+                                last_offset: self.offset(),
+                                leader_epoch: self.next() as i32,
+                                crc: self.next() as u32,
+                            }),
+                        },
                     })
                     .collect(),
                 options: StreamOptions {
@@ -145,6 +164,36 @@ impl Rng {
                         topic: self.string(),
                         partition: self.next() as i32,
                         durable: self.offset(),
+                    })
+                    .collect(),
+            }),
+            8 => Frame::Diverged(Diverged {
+                topic: self.string(),
+                partition: self.next() as i32,
+                kind: [
+                    DivergenceKind::TopicRecreated,
+                    DivergenceKind::HistoryRewritten,
+                    DivergenceKind::SourceTruncated,
+                ][self.below(3) as usize],
+                mirror_end: self.offset(),
+                source_log_start: self.offset(),
+                source_log_end: self.offset(),
+                message: self.string(),
+            }),
+            9 => Frame::VerifyRequest(VerifyRequest {
+                topic: self.string(),
+                partition: self.next() as i32,
+                from: self.offset(),
+                to: self.offset(),
+            }),
+            10 => Frame::VerifyReply(VerifyReply {
+                source_log_start: self.offset(),
+                source_high_watermark: self.offset(),
+                batches: (0..self.below(5))
+                    .map(|_| BatchDigest {
+                        base_offset: self.offset(),
+                        last_offset: self.offset(),
+                        checksum: self.next() as u32,
                     })
                     .collect(),
             }),
