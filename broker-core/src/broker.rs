@@ -417,7 +417,9 @@ impl Partition {
             return Err(BrokerError::ControlBatchFromClient);
         }
         // Every record, before the lock (decompression must not hold up other producers).
-        records::validate_records(&batch, BatchOrigin::Producer, DEFAULT_MAX_DECOMPRESSED)?;
+        // Kafka sets no limit; the cap bounds the work (nothing holds the output).
+        let cap = DEFAULT_MAX_DECOMPRESSED.max(max);
+        records::validate_records(&batch, BatchOrigin::Producer, cap)?;
         let now = now_ms();
         let mut state = self.lock();
         match state.producers.check(&header) {
@@ -493,10 +495,6 @@ impl Partition {
             end_offset: state.log.log_end_offset(),
             ..MirrorAppend::default()
         };
-        result.refused = refusal.map(|(offset, e)| RefusedBatch {
-            offset: offset.unwrap_or(result.end_offset),
-            reason: e.to_string(),
-        });
         for batch in batch::Batches::new(&batches[..valid]) {
             let batch = batch?;
             let header = BatchHeader::parse(batch)?; // validated whole above
@@ -532,6 +530,10 @@ impl Partition {
             result.appended_records += i64::from(header.last_offset_delta) + 1;
             result.end_offset = header.last_offset() + 1;
         }
+        result.refused = refusal.map(|(offset, e)| RefusedBatch {
+            offset: offset.unwrap_or(result.end_offset),
+            reason: e.to_string(),
+        });
         drop(state);
         if !fsync.syncs() && result.appended_batches > 0 {
             self.advance_high_watermark(result.end_offset, notify);

@@ -21,8 +21,7 @@
 //! better): going past the cap is a [`RecordsError::TooLarge`] and decompression stops there.
 //! The decoders' own working memory does not depend on the data's size: gzip keeps a 32 KiB
 //! window, lz4 buffers of at most ~12 MiB (4 MiB blocks), snappy one block (at most the cap),
-//! and zstd a window limited to max(cap, 8 MiB) rounded up to a power of two (at most 128 MiB,
-//! zstd's own default maximum).
+//! and zstd a window of at most 128 MiB (zstd's own default maximum, which Kafka accepts too).
 //!
 //! Codecs, as Kafka clients write them:
 //! * gzip (1): a gzip stream; several concatenated members are read as one stream.
@@ -243,11 +242,19 @@ fn walk_batch(
     let rules = origin
         .map(|origin| OffsetRules::new(origin, &header))
         .transpose()?;
-    // An empty batch (left by compaction) has nothing worth decompressing.
+    let section = batch.get(HEADER_LEN..).unwrap_or_default();
+    // An empty batch (left by compaction) has no records: Kafka writes it as a bare header.
+    // Reading skips whatever it holds; validation refuses bytes there (consumers that read
+    // records until the batch's bytes run out would choke on them).
     if header.records_count == 0 {
+        if rules.is_some() && !section.is_empty() {
+            return Err(RecordsError::Malformed(format!(
+                "recordsCount is 0 but {} bytes of records follow the header",
+                section.len()
+            )));
+        }
         return Ok(());
     }
-    let section = batch.get(HEADER_LEN..).unwrap_or_default();
     let walker = Walker {
         header: &header,
         rules,
@@ -273,6 +280,16 @@ struct OffsetRules {
 impl OffsetRules {
     /// Checks the header's count against `origin`'s rules.
     fn new(origin: BatchOrigin, header: &BatchHeader) -> Result<Self, RecordsError> {
+        if header
+            .base_offset
+            .checked_add(i64::from(header.last_offset_delta))
+            .is_none()
+        {
+            return Err(RecordsError::Malformed(format!(
+                "baseOffset {} + lastOffsetDelta {} overflows the offset",
+                header.base_offset, header.last_offset_delta
+            )));
+        }
         let count = i64::from(header.records_count);
         let span = i64::from(header.last_offset_delta) + 1;
         let fits = match origin {
@@ -827,6 +844,13 @@ fn read_error(codec: &'static str, e: io::Error, limit: usize) -> RecordsError {
 #[error("decompressed output would exceed the limit")]
 struct ExceedsLimit;
 
+/// Whether a snappy block of `compressed` bytes can decode to `claimed` bytes: a copy element
+/// yields at most 64 bytes for 2 bytes in, so nothing expands by more than 32x (plus a
+/// margin). A block claiming more is lying and is refused before its output is allocated.
+fn snappy_expansion_ok(compressed: usize, claimed: usize) -> bool {
+    claimed <= compressed.saturating_mul(32).saturating_add(64)
+}
+
 /// snappy-java's stream magic; the stream header adds a version and a compatible version.
 const XERIAL_MAGIC: [u8; 8] = [0x82, b'S', b'N', b'A', b'P', b'P', b'Y', 0];
 const XERIAL_HEADER_LEN: usize = 16;
@@ -846,6 +870,12 @@ fn snappy_reader<'a>(data: &'a [u8], limit: usize) -> Result<Box<dyn Read + 'a>,
     let len = snap::raw::decompress_len(data).map_err(|e| decompress_error(SNAPPY, e))?;
     if len > limit {
         return Err(RecordsError::TooLarge { limit });
+    }
+    if !snappy_expansion_ok(data.len(), len) {
+        return Err(decompress_error(
+            SNAPPY,
+            format!("a {}-byte block claims {len} bytes", data.len()),
+        ));
     }
     let mut out = vec![0u8; len];
     let written = snap::raw::Decoder::new()
@@ -899,6 +929,13 @@ impl XerialSnappy<'_> {
             if block_len > self.limit - self.produced {
                 return Err(io::Error::other(ExceedsLimit));
             }
+            if !snappy_expansion_ok(block.len(), block_len) {
+                return Err(invalid(format!(
+                    "a {}-byte block claims {block_len} bytes",
+                    block.len()
+                )));
+            }
+            self.position = 0;
             self.block.clear();
             self.block.resize(block_len, 0);
             let written = self
@@ -944,18 +981,10 @@ impl Read for Lz4Frames<'_> {
     }
 }
 
-/// zstd's largest default window (2^27); also the decoder's default maximum.
-const ZSTD_WINDOW_LOG_CAP: u32 = 27;
-/// The window of compression levels up to 19 when the input size is not known up front
-/// (2^23 = 8 MiB): always accepted, whatever the output limit.
-const ZSTD_WINDOW_LOG_FLOOR: u32 = 23;
-
-/// The largest window log accepted for output capped at `limit`: enough to cover the limit,
-/// within [`ZSTD_WINDOW_LOG_FLOOR`, `ZSTD_WINDOW_LOG_CAP`].
-fn zstd_window_log_max(limit: usize) -> u32 {
-    let covering = usize::BITS - limit.saturating_sub(1).leading_zeros();
-    covering.clamp(ZSTD_WINDOW_LOG_FLOOR, ZSTD_WINDOW_LOG_CAP)
-}
+/// zstd's largest default window (2^27), the decoder's default maximum, accepted whatever the
+/// output cap, as Kafka's decoder does: the Java client at `compression.zstd.level` 22 streams
+/// frames with this window. It bounds the decoder's memory; the output cap bounds the work.
+const ZSTD_WINDOW_LOG_MAX: u32 = 27;
 
 fn zstd_reader<'a>(data: &'a [u8], limit: usize) -> Result<Box<dyn Read + 'a>, RecordsError> {
     // A frame that states its size can be refused before any decoding.
@@ -967,7 +996,7 @@ fn zstd_reader<'a>(data: &'a [u8], limit: usize) -> Result<Box<dyn Read + 'a>, R
     let mut decoder =
         zstd::stream::read::Decoder::with_buffer(data).map_err(|e| decompress_error(ZSTD, e))?;
     decoder
-        .window_log_max(zstd_window_log_max(limit))
+        .window_log_max(ZSTD_WINDOW_LOG_MAX)
         .map_err(|e| decompress_error(ZSTD, e))?;
     Ok(Box::new(decoder))
 }
@@ -1335,15 +1364,6 @@ mod tests {
         assert_eq!(len_of(decompress(1, &gz, 999_999)), too_large);
         assert_eq!(len_of(decompress(0, &data, 999_999)), too_large);
         assert!(decompress(0, &data, 1_000_000).unwrap() == data);
-    }
-
-    #[test]
-    fn the_window_of_zstd_frames_is_capped() {
-        assert_eq!(zstd_window_log_max(0), 23);
-        assert_eq!(zstd_window_log_max(MB), 23);
-        assert_eq!(zstd_window_log_max(DEFAULT_MAX_DECOMPRESSED), 26);
-        assert_eq!(zstd_window_log_max(DEFAULT_MAX_DECOMPRESSED + 1), 27);
-        assert_eq!(zstd_window_log_max(usize::MAX), 27);
     }
 
     #[test]
@@ -1720,8 +1740,31 @@ mod tests {
             );
         }
         // A batch emptied by compaction is not read at all.
-        let empty = raw_batch(b"whatever is left", 0, 0, 7);
+        let empty = raw_batch(b"", 0, 0, 7);
         assert_eq!(validate_records(&empty, BatchOrigin::Mirror, MB), Ok(0));
+        // ... and must be empty: bytes after a header that declares no records are refused.
+        let stuffed = raw_batch(b"whatever is left", 0, 0, 7);
+        assert!(matches!(
+            refused(&stuffed, BatchOrigin::Mirror),
+            RecordsError::Malformed(_)
+        ));
+        assert_eq!(record_metas(&stuffed, MB), Ok(vec![]), "reading skips them");
+        // An offset range past i64::MAX.
+        let mut far = raw_batch(b"", 0, 0, 7);
+        far[..8].copy_from_slice(&(i64::MAX - 1).to_be_bytes());
+        far[batch::LAST_OFFSET_DELTA..batch::LAST_OFFSET_DELTA + 4]
+            .copy_from_slice(&5i32.to_be_bytes());
+        let crc = batch::compute_crc(&far);
+        far[batch::CRC..batch::CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        assert!(refused(&far, BatchOrigin::Mirror)
+            .to_string()
+            .contains("overflows"));
+        // A snappy block that claims far more than it can hold.
+        let mut lying = vec![];
+        zigzag(&mut lying, 60 << 20); // the uncompressed length preamble: 60 MiB
+        lying.extend_from_slice(&[0; 8]);
+        let e = decompress(2, &lying, 256 << 20).unwrap_err();
+        assert!(e.to_string().contains("claims"), "{e}");
     }
 
     #[test]

@@ -323,12 +323,14 @@ pub(crate) fn error_code(e: &BrokerError) -> i16 {
         B::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
         B::Config(_) => ResponseError::InvalidConfig,
         B::InvalidBatch(e) | B::InvalidRecords(RecordsError::Batch(e)) => batch_error(e),
-        // Records that are there but wrong: Kafka's InvalidRecordException.
-        B::InvalidRecords(RecordsError::Malformed(_) | RecordsError::MalformedRecord { .. }) => {
-            ResponseError::InvalidRecord
-        }
-        // Compressed bytes that do not decompress: the data is corrupt.
-        B::InvalidRecords(RecordsError::Decompress { .. }) => ResponseError::CorruptMessage,
+        // Records that are there but wrong, and compressed records that do not decompress
+        // although the CRC matched (a retry would send the same bytes: a producer must not
+        // retry, and CORRUPT_MESSAGE is retriable): Kafka's InvalidRecordException.
+        B::InvalidRecords(
+            RecordsError::Malformed(_)
+            | RecordsError::MalformedRecord { .. }
+            | RecordsError::Decompress { .. },
+        ) => ResponseError::InvalidRecord,
         // Past the decompression cap: a producer splits the batch and retries.
         B::InvalidRecords(RecordsError::TooLarge { .. }) => ResponseError::MessageTooLarge,
         B::BatchTooLarge { .. } => ResponseError::MessageTooLarge,

@@ -787,8 +787,13 @@ fn adopt_straddling_start(
     batches: &[u8],
     end: i64,
 ) -> Result<()> {
-    let Ok(first) = broker_core::batch::BatchHeader::parse(batches) else {
-        return Ok(()); // append_mirrored reports the bad batch
+    // Only a batch that will be appended may move the log (append_mirrored reports a bad one).
+    let first = broker_core::batch::Batches::new(batches)
+        .next()
+        .and_then(|b| b.ok())
+        .and_then(|b| broker_core::batch::validate(b).ok());
+    let Some(first) = first else {
+        return Ok(());
     };
     let offsets = p.offsets();
     let straddles = first.base_offset < end && first.last_offset() >= end;
