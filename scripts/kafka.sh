@@ -31,7 +31,9 @@
 set -euo pipefail
 
 VERSION=${STRAIT_KAFKA_VERSION:-4.1.2}
-LOG4J_VERSION=2.24.3 # what kafka-server 4.1.x itself depends on
+# The log4j2 that kafka-server 4.1.2 itself brings (2.24.3 was 4.1.1's); the SLF4J binding must
+# match it, so log4j-api, log4j-core and log4j-slf4j-impl are pinned together.
+LOG4J_VERSION=${STRAIT_KAFKA_LOG4J_VERSION:-2.25.3}
 CACHE_ROOT=${STRAIT_KAFKA_CACHE:-$HOME/.cache/strait-kafka}
 CACHE=$CACHE_ROOT/$VERSION
 LIB=$CACHE/lib
@@ -68,6 +70,7 @@ write_pom() {
     <!-- Kafka 4.1 is built against SLF4J 1.7; the binding is log4j2's 1.x one (the tarball's). -->
     <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId><version>1.7.36</version></dependency>
     <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>$LOG4J_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-api</artifactId><version>$LOG4J_VERSION</version></dependency>
     <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>$LOG4J_VERSION</version></dependency>
   </dependencies>
   <build><plugins><plugin>
@@ -92,7 +95,19 @@ logger.state.level = WARN
 EOF
 }
 
-fetched() { [ -f "$CACHE/complete" ] && [ -f "$LIB/kafka_2.13-$VERSION.jar" ]; }
+# The cache is complete when its marker names the pom it was fetched with (a changed pom, e.g.
+# another log4j version, fetches again).
+pom_sum() {
+  local t
+  t=$(mktemp)
+  write_pom "$t"
+  sha256sum <"$t" | cut -c1-16
+  rm -f "$t"
+}
+fetched() {
+  [ -f "$CACHE/complete" ] && [ -f "$LIB/kafka_2.13-$VERSION.jar" ] &&
+    [ "$(cat "$CACHE/complete")" = "$(pom_sum)" ]
+}
 
 cmd_fetch() {
   if fetched; then
@@ -131,7 +146,7 @@ cmd_fetch() {
   write_log_config "$work/config/log4j2.properties"
   rm -rf "$CACHE"
   mv "$work" "$CACHE"
-  date -u +%FT%TZ >"$CACHE/complete"
+  pom_sum >"$CACHE/complete"
   files=$(find "$LIB" -name '*.jar' | wc -l)
   size=$(du -sh "$LIB" | cut -f1)
   log "Kafka $VERSION ready in $LIB ($files jars, $size, $((SECONDS - t0)) s)"
