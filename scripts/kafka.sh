@@ -341,7 +341,9 @@ EOF
     for i in $(seq 1 "$nodes"); do
       local nd=$dir/n$i pid
       pid=$(cat "$nd/pid")
-      if ! is_our_node "$pid" "$nd/server.properties"; then
+      # Our own child: alive-or-zombie is enough here (right after the fork its command line is
+      # still this script's, so is_our_node would race with the exec).
+      if ! proc_alive "$pid"; then
         tail -n 40 "$nd/kafka.log" >&2
         cmd_stop "$name" >/dev/null 2>&1 || true
         die "node $i of '$name' (PID $pid) exited during start-up (log $nd/kafka.log, tail above)"
