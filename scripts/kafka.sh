@@ -34,7 +34,7 @@ VERSION=${STRAIT_KAFKA_VERSION:-4.1.2}
 # The log4j2 that kafka-server 4.1.2 itself brings (2.24.3 was 4.1.1's); the SLF4J binding must
 # match it, so log4j-api, log4j-core and log4j-slf4j-impl are pinned together.
 LOG4J_VERSION=${STRAIT_KAFKA_LOG4J_VERSION:-2.25.3}
-CACHE_ROOT=${STRAIT_KAFKA_CACHE:-$HOME/.cache/strait-kafka}
+CACHE_ROOT=${STRAIT_KAFKA_CACHE:-${HOME:-/tmp}/.cache/strait-kafka}
 CACHE=$CACHE_ROOT/$VERSION
 LIB=$CACHE/lib
 RUN_ROOT=${STRAIT_KAFKA_RUN:-${TMPDIR:-/tmp}/strait-kafka}
@@ -174,7 +174,9 @@ port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 pick_base_port() {
   local n=$1 tries base p ok
   for tries in $(seq 1 50); do
-    base=$((20000 + (RANDOM % 2000) * 10))
+    # Below Linux's ephemeral range (32768+), where the OS picks ports for clients and for
+    # other tests' "bind port 0" listeners.
+    base=$((20000 + (RANDOM % 1200) * 10))
     ok=1
     for p in $(seq "$base" $((base + 2 * n - 1))); do
       if port_in_use "$p"; then
