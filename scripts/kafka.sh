@@ -2,10 +2,12 @@
 # Real Apache Kafka for Strait's test kit, from Maven Central (no tarball, no Docker).
 #
 #   scripts/kafka.sh fetch                      download Kafka's jars once into the cache
-#   scripts/kafka.sh start NAME [--nodes 1|3] [--base-port P]
+#   scripts/kafka.sh start NAME [--nodes 1|3] [--base-port P] [--owner-pid PID]
 #                                               start a KRaft cluster on 127.0.0.1 (each node a
 #                                               combined broker+controller) and wait until every
-#                                               node has started; prints the bootstrap list
+#                                               node has started; prints the bootstrap list.
+#                                               With --owner-pid, a watcher stops the cluster
+#                                               once process PID is gone (a killed test)
 #   scripts/kafka.sh stop NAME                  SIGTERM the nodes this script started for NAME
 #                                               (PIDs from its pid files), bounded wait, SIGKILL
 #   scripts/kafka.sh bootstrap NAME             print host:port,host:port,... of NAME's brokers
@@ -48,7 +50,7 @@ die() {
   exit 1
 }
 usage() {
-  sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -231,7 +233,7 @@ node_pids_alive() {
 }
 
 cmd_start() {
-  local name="" nodes=1 base="" security=plaintext
+  local name="" nodes=1 base="" security=plaintext owner=""
   while [ $# -gt 0 ]; do
     case $1 in
       --nodes)
@@ -240,6 +242,11 @@ cmd_start() {
         ;;
       --base-port)
         base=${2:?--base-port needs a value}
+        shift 2
+        ;;
+      --owner-pid)
+        owner=${2:?--owner-pid needs a value}
+        [[ "$owner" =~ ^[0-9]+$ ]] || die "bad --owner-pid '$owner'"
         shift 2
         ;;
       --security)
@@ -365,12 +372,16 @@ EOF
     fi
     sleep 0.5
   done
+  if [ -n "$owner" ]; then
+    nohup bash "${BASH_SOURCE[0]}" _watch "$name" "$owner" </dev/null >"$dir/watch.log" 2>&1 &
+    echo $! >"$dir/watch.pid"
+  fi
   log "cluster '$name' ($nodes node(s), id $cid) ready in $((SECONDS - t0)) s at $bootstrap"
   echo "$bootstrap"
 }
 
 cmd_stop() {
-  local name=${1:-}
+  local name=${1:-} pid
   [ -n "$name" ] || usage
   check_name "$name"
   local dir=$RUN_ROOT/$name
@@ -378,7 +389,16 @@ cmd_stop() {
     log "no cluster '$name' under $RUN_ROOT (nothing to stop)"
     return 0
   }
-  local pids=() f nd pid
+  # The owner watcher first (our recorded PID, checked by its command line), unless we are it.
+  if [ -f "$dir/watch.pid" ]; then
+    pid=$(cat "$dir/watch.pid")
+    if [ "$pid" != "${STRAIT_KAFKA_WATCHER:-}" ] && [ -r "/proc/$pid/cmdline" ] &&
+      tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "_watch $name "; then
+      kill -TERM "$pid" 2>/dev/null || true
+    fi
+    rm -f "$dir/watch.pid"
+  fi
+  local pids=() f nd
   for f in "$dir"/n*/pid; do
     [ -f "$f" ] || continue
     nd=$(dirname "$f")
@@ -428,6 +448,18 @@ cmd_pid() {
   cat "$f"
 }
 
+# Internal: stop cluster NAME once process OWNER is gone (polls once a second; exits by itself
+# when the cluster was stopped some other way).
+cmd_watch() {
+  local name=$1 owner=$2 dir=$RUN_ROOT/$1
+  while kill -0 "$owner" 2>/dev/null; do
+    compgen -G "$dir/n*/pid" >/dev/null || exit 0
+    sleep 1
+  done
+  log "owner PID $owner of cluster '$name' is gone: stopping it"
+  STRAIT_KAFKA_WATCHER=$BASHPID cmd_stop "$name"
+}
+
 cmd_java_classpath() {
   fetched || die "Kafka $VERSION not fetched yet: run $0 fetch"
   classpath
@@ -443,6 +475,7 @@ case $sub in
   bootstrap) cmd_bootstrap "$@" ;;
   pid) cmd_pid "$@" ;;
   java-classpath) cmd_java_classpath ;;
+  _watch) cmd_watch "$@" ;;
   -h | --help | help) usage ;;
   *)
     log "unknown subcommand '$sub'"

@@ -1390,7 +1390,8 @@ pub const KAFKA_START_TIMEOUT: Duration = Duration::from_secs(420);
 /// A real Apache Kafka KRaft cluster on loopback, started by `scripts/kafka.sh` with its run
 /// directory in a private temporary directory. Dropping it runs `scripts/kafka.sh stop`, which
 /// signals only the PIDs the script recorded (also when the test panics; then the tail of each
-/// node's log is printed first).
+/// node's log is printed first). If the test process is killed outright, the script's
+/// `--owner-pid` watcher stops the cluster within about a second.
 pub struct KafkaCluster {
     name: String,
     nodes: usize,
@@ -1461,9 +1462,12 @@ impl KafkaCluster {
             .expect("temp dir for the Kafka run");
         let t0 = Instant::now();
         let n = nodes.to_string();
+        // The script's watcher stops the cluster if this test process dies without dropping
+        // the guard (SIGKILL, a harness timeout).
+        let owner = std::process::id().to_string();
         let out = Self::script_cmd(
             run.path(),
-            &["start", name, "--nodes", &n],
+            &["start", name, "--nodes", &n, "--owner-pid", &owner],
             KAFKA_START_TIMEOUT,
         );
         let out = match out {
