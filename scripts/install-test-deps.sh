@@ -4,7 +4,9 @@
 # aiokafka, kafkajs) under PEERS (default /tmp/peers), via ../shared/peers/install-clients.sh
 # beside the repository. Idempotent (~30 s cold, ~2 s warm). Needs root for apt on a fresh
 # machine; first installs the prerequisites that script assumes (python3 with venv, node+npm)
-# if they are missing.
+# if they are missing. Then real Apache Kafka (scripts/kafka.sh fetch: Kafka's jars from Maven
+# Central into ~/.cache/strait-kafka, ~125 MB, ~10 s cold, a no-op warm; needs java and mvn,
+# installed from Debian if missing).
 #
 #   usage: scripts/install-test-deps.sh        (env PEERS=/other/prefix to install elsewhere)
 set -euo pipefail
@@ -26,6 +28,8 @@ if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then missing+=(python3
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 command -v timeout >/dev/null || missing+=(coreutils)
+command -v java >/dev/null || missing+=(openjdk-17-jdk-headless)
+command -v mvn >/dev/null || missing+=(maven)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     log "missing ${missing[*]} and not root: install them, or rerun as root"
@@ -38,10 +42,14 @@ fi
 
 bash "$KIT/install-clients.sh" "$PEERS"
 
+# Real Apache Kafka for the end-to-end tests (tests/tests/kafka_cluster.rs).
+bash "$here/kafka.sh" fetch
+
 # What scripts/peers.sh relies on.
 ok=1
 command -v kcat >/dev/null || { log "kcat not installed"; ok=0; }
 [ -x "$PEERS/venv/bin/python" ] || { log "no $PEERS/venv/bin/python"; ok=0; }
 [ -e "$PEERS/lib-rdkafka-bundled/librdkafka.so.1" ] || { log "no $PEERS/lib-rdkafka-bundled/librdkafka.so.1"; ok=0; }
+bash "$here/kafka.sh" java-classpath >/dev/null || { log "Kafka not fetched"; ok=0; }
 [ "$ok" = 1 ] || exit 1
-log "peer clients ready under $PEERS"
+log "peer clients ready under $PEERS; Apache Kafka in $(bash "$here/kafka.sh" java-classpath)"

@@ -9,12 +9,13 @@
 # pair in scripts/peers-required.txt (or $PEERS_REQUIRED). Other FAIL lines are printed as
 # expected-to-fail-for-now. Exits non-zero if a required check failed or was never reported,
 # if the broker died, or if it did not shut down cleanly (SIGTERM -> exit 0).
-# Needs the clients installed by scripts/install-test-deps.sh (PEERS, default /tmp/peers).
+# Needs the clients installed by scripts/install-test-deps.sh (PEERS, default /tmp/peers), and
+# for ak_verifiable (scripts/peer-clients/) Apache Kafka fetched by scripts/kafka.sh.
 # Logs: $PEERS_LOGS (default: a temp dir, printed).
 set -uo pipefail
 
 # ---- what to run (extend as the broker gains features) -----------------------------------
-CLIENTS=(ck_smoke kp_smoke ak_smoke kjs_smoke ck_perf kcat_smoke kcat_bundled)
+CLIENTS=(ck_smoke kp_smoke ak_smoke kjs_smoke ck_perf kcat_smoke kcat_bundled ak_verifiable)
 CK_SMOKE_TESTS=${CK_SMOKE_TESTS:-"admin produce consume group idempotent txn"}
 PERF_N=${PERF_N:-200000}
 CLIENT_TIMEOUT=${CLIENT_TIMEOUT:-900}   # seconds per client, a hard cap against hangs
@@ -82,6 +83,8 @@ declare -A CMD=(
   [ck_perf]="$PY $KIT/clients/ck_perf.py $B $PERF_N"
   [kcat_smoke]="env PEERS=$PEERS $KIT/clients/kcat_smoke.sh $B"
   [kcat_bundled]="env PEERS=$PEERS KCAT_LIBRDKAFKA=bundled $KIT/clients/kcat_smoke.sh $B"
+  # Apache Kafka's VerifiableProducer/VerifiableConsumer (this repository, via scripts/kafka.sh)
+  [ak_verifiable]="bash $here/peer-clients/ak_verifiable.sh $B"
 )
 broker_died=0
 summary=()

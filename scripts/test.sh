@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (what CI runs through .ci/run). Stages, in order:
-#   1 deps    scripts/install-test-deps.sh   (peer Kafka clients; needs root + Debian/PyPI/npm)
+#   1 deps    scripts/install-test-deps.sh   (peer Kafka clients; needs root + Debian/PyPI/npm;
+#             and Apache Kafka from Maven Central via scripts/kafka.sh fetch)
 #   2 fmt     cargo fmt --all --check
 #   3 clippy  cargo clippy --workspace --all-targets --release -- -D warnings
 #   4 build   cargo build --release --workspace --bins

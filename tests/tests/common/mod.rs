@@ -1379,3 +1379,231 @@ impl Drop for UdpRelay {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Real Apache Kafka clusters (scripts/kafka.sh)
+
+/// How long `scripts/kafka.sh start` may take (it fetches Kafka first if the cache is empty,
+/// and has its own bounded wait for the nodes).
+pub const KAFKA_START_TIMEOUT: Duration = Duration::from_secs(420);
+
+/// A real Apache Kafka KRaft cluster on loopback, started by `scripts/kafka.sh` with its run
+/// directory in a private temporary directory. Dropping it runs `scripts/kafka.sh stop`, which
+/// signals only the PIDs the script recorded (also when the test panics; then the tail of each
+/// node's log is printed first). If the test process is killed outright, the script's
+/// `--owner-pid` watcher stops the cluster within about a second.
+pub struct KafkaCluster {
+    name: String,
+    nodes: usize,
+    bootstrap: String,
+    run: Option<tempfile::TempDir>,
+}
+
+impl KafkaCluster {
+    /// The project script.
+    pub fn script() -> PathBuf {
+        workspace_root().join("scripts").join("kafka.sh")
+    }
+
+    fn run_dir(&self) -> &Path {
+        self.run.as_ref().expect("run dir").path()
+    }
+
+    /// `scripts/kafka.sh ARGS` with this cluster's run directory; output captured, bounded by
+    /// `timeout` (the child is SIGKILLed, by its own PID, if it overruns).
+    fn script_cmd(run: &Path, args: &[&str], timeout: Duration) -> anyhow::Result<Output> {
+        let mut child = Command::new("bash")
+            .arg(Self::script())
+            .args(args)
+            .env("STRAIT_KAFKA_RUN", run)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawn bash scripts/kafka.sh")?;
+        // Drain the pipes on threads so a chatty script cannot block on a full pipe.
+        let mut out = child.stdout.take().expect("stdout");
+        let mut err = child.stderr.take().expect("stderr");
+        let t_out = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = out.read_to_end(&mut v);
+            v
+        });
+        let t_err = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = err.read_to_end(&mut v);
+            v
+        });
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = child.try_wait()? {
+                break s;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("scripts/kafka.sh {args:?} did not finish within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        Ok(Output {
+            status,
+            stdout: t_out.join().unwrap_or_default(),
+            stderr: t_err.join().unwrap_or_default(),
+        })
+    }
+
+    /// Starts a cluster of `nodes` (1 or 3) combined broker+controller nodes; panics with the
+    /// script's output if it fails.
+    pub fn start(name: &str, nodes: usize) -> KafkaCluster {
+        let run = tempfile::Builder::new()
+            .prefix("strait-kafka-")
+            .tempdir()
+            .expect("temp dir for the Kafka run");
+        let t0 = Instant::now();
+        let n = nodes.to_string();
+        // The script's watcher stops the cluster if this test process dies without dropping
+        // the guard (SIGKILL, a harness timeout).
+        let owner = std::process::id().to_string();
+        let out = Self::script_cmd(
+            run.path(),
+            &["start", name, "--nodes", &n, "--owner-pid", &owner],
+            KAFKA_START_TIMEOUT,
+        );
+        let out = match out {
+            Ok(o) if o.status.success() => o,
+            Ok(o) => {
+                let _ = Self::script_cmd(run.path(), &["stop", name], SHUTDOWN_TIMEOUT * 2);
+                panic!(
+                    "scripts/kafka.sh start {name} --nodes {nodes} failed ({}):\n{}",
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+            Err(e) => {
+                let _ = Self::script_cmd(run.path(), &["stop", name], SHUTDOWN_TIMEOUT * 2);
+                panic!("scripts/kafka.sh start {name}: {e:#}");
+            }
+        };
+        let bootstrap = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(
+            bootstrap.split(',').count() == nodes,
+            "scripts/kafka.sh start printed {bootstrap:?}, expected {nodes} host:port entries"
+        );
+        eprintln!(
+            "[{name}] Apache Kafka cluster of {nodes} node(s) up at {bootstrap} in {:.1} s",
+            t0.elapsed().as_secs_f64()
+        );
+        KafkaCluster {
+            name: name.to_string(),
+            nodes,
+            bootstrap,
+            run: Some(run),
+        }
+    }
+
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    pub fn nodes(&self) -> usize {
+        self.nodes
+    }
+
+    /// The PID the script recorded for node `node` (1-based; Kafka's node.id is the same).
+    pub fn pid(&self, node: usize) -> u32 {
+        let f = self
+            .run_dir()
+            .join(&self.name)
+            .join(format!("n{node}"))
+            .join("pid");
+        let s = fs::read_to_string(&f)
+            .unwrap_or_else(|e| panic!("read {} (node {node} not running?): {e}", f.display()));
+        s.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("bad pid in {}: {s:?}: {e}", f.display()))
+    }
+
+    /// The client address of node `node` (1-based).
+    pub fn node_addr(&self, node: usize) -> &str {
+        self.bootstrap
+            .split(',')
+            .nth(node - 1)
+            .expect("node number within the cluster")
+    }
+
+    /// SIGKILLs node `node` by the PID the script recorded (checked to be that node's Kafka
+    /// JVM first) and waits (bounded) until the process is gone.
+    pub fn kill9(&self, node: usize) {
+        let pid = self.pid(node);
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
+            .unwrap_or_else(|e| panic!("node {node} (PID {pid}) is not running: {e}"));
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let conf = self
+            .run_dir()
+            .join(&self.name)
+            .join(format!("n{node}"))
+            .join("server.properties");
+        assert!(
+            cmdline.contains(&format!("kafka.Kafka {}", conf.display())),
+            "PID {pid} is not node {node}'s Kafka JVM: {cmdline}"
+        );
+        // SAFETY: kill(2) with a PID this test's script started and just checked.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        assert_eq!(rc, 0, "kill -9 {pid}: {}", io::Error::last_os_error());
+        let gone = wait_until(Duration::from_secs(20), || {
+            // Gone, or a zombie waiting for init to reap it.
+            match fs::read_to_string(format!("/proc/{pid}/stat")) {
+                Err(_) => true,
+                Ok(s) => s
+                    .rsplit(')')
+                    .next()
+                    .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+            }
+        });
+        assert!(
+            gone,
+            "node {node} (PID {pid}) still running 20 s after SIGKILL"
+        );
+    }
+
+    /// The last `n` lines of node `node`'s log.
+    pub fn log_tail(&self, node: usize, n: usize) -> String {
+        let f = self
+            .run_dir()
+            .join(&self.name)
+            .join(format!("n{node}"))
+            .join("kafka.log");
+        let s = fs::read_to_string(&f).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl Drop for KafkaCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for node in 1..=self.nodes {
+                eprintln!(
+                    "--- [{}] Kafka node {node} log (last 30 lines) ---\n{}",
+                    self.name,
+                    self.log_tail(node, 30)
+                );
+            }
+        }
+        let run = self.run.take().expect("run dir");
+        match Self::script_cmd(run.path(), &["stop", &self.name], SHUTDOWN_TIMEOUT * 2) {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "[{}] scripts/kafka.sh stop failed ({}): {}",
+                self.name,
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("[{}] scripts/kafka.sh stop: {e:#}", self.name),
+        }
+        if std::env::var_os("STRAIT_KEEP_DATA").is_some() {
+            eprintln!("[{}] keeping {}", self.name, run.keep().display());
+        }
+    }
+}
