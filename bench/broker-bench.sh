@@ -23,7 +23,8 @@
 # Same-run comparisons of two Strait builds and of codecs (issue 18's record validation):
 #   STRAIT_BASE=/path/to/older/strait adds the variant strait_base (that binary, --fsync always),
 #   so VARIANTS="strait strait_base" compares two builds interleaved in one run (strait_base_i5:
-#   that binary with --fsync interval:5, beside strait_i5);
+#   that binary with --fsync interval:5, beside strait_i5; strait_nofsync and
+#   strait_base_nofsync: --fsync never, the CPU path without the disk's noise);
 #   CODECS="none lz4 zstd" adds produce runs with rdkafka_performance -z CODEC (tests
 #   rdk_p100_CODEC, rdk_p1k_CODEC); SKIP="consume rdk202 ck idle" leaves out those stages.
 # Env knobs: ROUNDS (3) SEED (random) N100 (2000000) N1K (1000000) CK_N100 (1000000)
@@ -358,6 +359,10 @@ for v in ${VARIANTS:-strait strait_i5 tansu}; do
       start_strait strait_base always && VLIST+=(strait_base) ;;
     strait_base_i5) [ -n "${STRAIT_BASE:-}" ] || die "variant strait_base_i5 needs STRAIT_BASE=/path/to/strait"
       start_strait strait_base_i5 interval:5 && VLIST+=(strait_base_i5) ;;
+    # no fsync at all: the broker's own CPU path without the disk's noise (diagnostic)
+    strait_nofsync) start_strait strait_nofsync never && VLIST+=(strait_nofsync) ;;
+    strait_base_nofsync) [ -n "${STRAIT_BASE:-}" ] || die "variant strait_base_nofsync needs STRAIT_BASE=/path/to/strait"
+      start_strait strait_base_nofsync never && VLIST+=(strait_base_nofsync) ;;
     strait_i5) start_strait strait_i5 interval:5 && VLIST+=(strait_i5) ;;
     # diagnostic: glibc malloc told to keep big buffers on the heap (no mmap/munmap per fetch)
     strait_mt) start_strait strait_mt always GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=268435456 && VLIST+=(strait_mt) ;;
@@ -452,7 +457,7 @@ done
 # ---------------------------------------------------------------- RSS with 1 000 idle partitions
 for v in "${VLIST[@]}"; do
   skipped idle && break
-  [[ "$v" == strait_i5 || "$v" == strait_mt || "$v" == strait_base* ]] && continue   # only the default build/config
+  [[ "$v" == strait_i5 || "$v" == strait_mt || "$v" == strait_base* || "$v" == strait_nofsync ]] && continue   # only the default build/config
   iv="idle_$v"
   if [ "${KIND[$v]}" = strait ]; then start_strait "$iv" always || continue; else start_tansu "$iv" || continue; fi
   rss0=$(rss_kib "${BPID[$iv]}")

@@ -13,6 +13,8 @@ VARIANTS = [("strait", "strait (fsync always)"), ("strait_i5", "strait (fsync in
             ("strait_mt", "strait (fsync always, malloc mmap threshold 32 MiB)"),
             ("strait_base", "strait_base (STRAIT_BASE build, fsync always)"),
             ("strait_base_i5", "strait_base (STRAIT_BASE build, fsync interval:5)"),
+            ("strait_nofsync", "strait (fsync never)"),
+            ("strait_base_nofsync", "strait_base (STRAIT_BASE build, fsync never)"),
             ("tansu", "tansu 0.6.0 (sqlite)")]
 # (test, field, label)
 ROWS = [
@@ -147,7 +149,8 @@ def main():
         print(f"\nNot measured in this run: {', '.join(missing)}.")
 
     # ---------------------------------------------------------------- two builds, one run
-    for new, base in (("strait", "strait_base"), ("strait_i5", "strait_base_i5")):
+    for new, base in (("strait", "strait_base"), ("strait_i5", "strait_base_i5"),
+                      ("strait_nofsync", "strait_base_nofsync")):
         if not any(r["variant"] == base for r in rows):
             continue
         print(f"\n### {new} vs {base} (same run, ratio per round: median (min-max))\n")
