@@ -1564,7 +1564,8 @@ mod tests {
     use super::*;
     use crate::batch::test_batches::build;
 
-    fn open(dir: &Path) -> Arc<Broker> {
+    /// A broker on `dir` (also used by the tests of `broker::mirror`).
+    pub(super) fn open(dir: &Path) -> Arc<Broker> {
         Broker::open(BrokerConfig::new(
             dir.to_path_buf(),
             "127.0.0.1".into(),

@@ -790,36 +790,23 @@ fn reserve_bounded(out: &mut Vec<u8>, additional: usize, limit: usize) {
     }
 }
 
-/// Reads a decompressing reader to its end, refusing to produce more than `limit` bytes.
+/// Reads a decompressing reader to its end, refusing to produce more than `limit` bytes: the
+/// walker's [`StreamInput`] (which owns the limit and the error mapping), drained into a Vec
+/// whose capacity never passes the limit.
 fn read_bounded<R: Read>(
-    mut reader: R,
+    reader: R,
     limit: usize,
     codec: &'static str,
 ) -> Result<Vec<u8>, RecordsError> {
+    let mut input = StreamInput::new(reader, codec, limit);
     let mut out = Vec::new();
-    let mut chunk = [0u8; 32 * 1024];
-    loop {
-        let n = match reader.read(&mut chunk) {
-            Ok(0) => return Ok(out),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(read_error(codec, e, limit)),
-        };
-        let Some(got) = chunk.get(..n) else {
-            return Err(decompress_error(
-                codec,
-                format!(
-                    "decoder reported {n} bytes for a {}-byte buffer",
-                    chunk.len()
-                ),
-            ));
-        };
-        if n > limit - out.len() {
-            return Err(RecordsError::TooLarge { limit });
-        }
-        reserve_bounded(&mut out, n, limit);
+    while input.fill()? {
+        let got = &input.buffer[input.position..input.filled];
+        reserve_bounded(&mut out, got.len(), limit);
         out.extend_from_slice(got);
+        input.position = input.filled;
     }
+    Ok(out)
 }
 
 fn decompress_error(codec: &'static str, reason: impl ToString) -> RecordsError {

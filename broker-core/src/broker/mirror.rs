@@ -231,18 +231,10 @@ mod tests {
 
     use super::*;
     use crate::batch::test_batches::build;
-    use crate::broker::{Broker, BrokerConfig, NewTopic};
+    use crate::broker::tests::open;
+    use crate::broker::{Broker, NewTopic};
     use crate::config::TopicConfig;
     use crate::durability::FsyncPolicy;
-
-    fn open(dir: &Path) -> Arc<Broker> {
-        Broker::open(BrokerConfig::new(
-            dir.to_path_buf(),
-            "127.0.0.1".into(),
-            9092,
-        ))
-        .unwrap()
-    }
 
     fn topic(name: &str) -> NewTopic {
         NewTopic {

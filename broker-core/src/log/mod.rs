@@ -296,11 +296,7 @@ impl PartitionLog {
         self.delete_oldest(closed)?;
         self.active().delete_files(&dir)?;
         files::sync_dir(&dir)?;
-        let file = recovery::create_segment_file(&dir, offset)?;
-        files::sync_dir(&dir)?;
-        self.segments.clear();
-        self.segments.push(Segment::new_empty(&dir, offset));
-        self.active_file = Arc::new(file);
+        self.replace_segments_with_empty_at(offset)?;
         tracing::info!(dir = %dir.display(), log_start_offset = offset, "log reset to follow the source's log start");
         Ok(())
     }
@@ -517,6 +513,17 @@ impl PartitionLog {
     }
 
     /// Deletes the files of the `n` oldest segments (never the active one).
+    /// The last step of restarting a log whose segment files are already deleted (and the
+    /// deletions synced): a new, durable, empty segment at `offset` becomes the only one.
+    pub(super) fn replace_segments_with_empty_at(&mut self, offset: i64) -> Result<(), LogError> {
+        let file = recovery::create_segment_file(&self.dir, offset)?;
+        files::sync_dir(&self.dir)?;
+        self.segments.clear();
+        self.segments.push(Segment::new_empty(&self.dir, offset));
+        self.active_file = Arc::new(file);
+        Ok(())
+    }
+
     fn delete_oldest(&mut self, n: usize) -> Result<(), LogError> {
         let n = n.min(self.segments.len() - 1);
         for _ in 0..n {

@@ -8,12 +8,10 @@
 //! one or as the final state; callers keep the mirror's divergence persisted until the
 //! operation returned, so an interrupted one is simply repeated.
 
-use std::sync::Arc;
-
 use crate::batch::BatchHeader;
 
 use super::files::{self, io_err};
-use super::{recovery, LogError, PartitionLog, Segment};
+use super::{LogError, PartitionLog};
 
 impl PartitionLog {
     /// The header of the batch holding `offset` (which must be in `[log start, log end)`).
@@ -104,11 +102,7 @@ impl PartitionLog {
             segment.delete_files(&dir)?;
         }
         files::sync_dir(&dir)?;
-        let file = recovery::create_segment_file(&dir, offset)?;
-        files::sync_dir(&dir)?;
-        self.segments.clear();
-        self.segments.push(Segment::new_empty(&dir, offset));
-        self.active_file = Arc::new(file);
+        self.replace_segments_with_empty_at(offset)?;
         self.set_log_start(offset)?;
         tracing::info!(dir = %dir.display(), log_start_offset = offset, "mirror log restarted");
         Ok(())
