@@ -353,16 +353,16 @@ cat "$WORK/machine.txt" >&2
 # ---------------------------------------------------------------- start brokers
 declare -a VLIST=()
 for v in ${VARIANTS:-strait strait_i5 tansu}; do
+  [[ "$v" != strait_base* || -n "${STRAIT_BASE:-}" ]] || die "variant $v needs STRAIT_BASE=/path/to/strait"
+done
+for v in ${VARIANTS:-strait strait_i5 tansu}; do
   case $v in
     strait) start_strait strait always && VLIST+=(strait) ;;
-    strait_base) [ -n "${STRAIT_BASE:-}" ] || die "variant strait_base needs STRAIT_BASE=/path/to/strait"
-      start_strait strait_base always && VLIST+=(strait_base) ;;
-    strait_base_i5) [ -n "${STRAIT_BASE:-}" ] || die "variant strait_base_i5 needs STRAIT_BASE=/path/to/strait"
-      start_strait strait_base_i5 interval:5 && VLIST+=(strait_base_i5) ;;
+    strait_base) start_strait strait_base always && VLIST+=(strait_base) ;;
+    strait_base_i5) start_strait strait_base_i5 interval:5 && VLIST+=(strait_base_i5) ;;
     # no fsync at all: the broker's own CPU path without the disk's noise (diagnostic)
     strait_nofsync) start_strait strait_nofsync never && VLIST+=(strait_nofsync) ;;
-    strait_base_nofsync) [ -n "${STRAIT_BASE:-}" ] || die "variant strait_base_nofsync needs STRAIT_BASE=/path/to/strait"
-      start_strait strait_base_nofsync never && VLIST+=(strait_base_nofsync) ;;
+    strait_base_nofsync) start_strait strait_base_nofsync never && VLIST+=(strait_base_nofsync) ;;
     strait_i5) start_strait strait_i5 interval:5 && VLIST+=(strait_i5) ;;
     # diagnostic: glibc malloc told to keep big buffers on the heap (no mmap/munmap per fetch)
     strait_mt) start_strait strait_mt always GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=268435456 && VLIST+=(strait_mt) ;;

@@ -406,22 +406,36 @@ fn values_with_prefix(records: &[(i64, Vec<u8>)], prefix: &str) -> usize {
         .count()
 }
 
+/// The start of the history tests: a pair where east holds `topic` with `n` records tagged
+/// `tag`, and link `link` mirrors it with the load topic `load.east`; `load.west` is west's own
+/// load topic. Returns the pair and the bootstraps of east and west.
+fn linked_history(
+    test: &str,
+    topic: &str,
+    link: &str,
+    n: usize,
+    tag: &str,
+) -> (Pair, String, String) {
+    let pair = start_pair(test);
+    let (east, west) = (
+        pair.east.bootstrap().to_string(),
+        pair.west.bootstrap().to_string(),
+    );
+    create_topic(&east, topic, 1, &[]);
+    create_topic(&east, "load.east", 1, &[]);
+    create_topic(&west, "load.west", 1, &[]);
+    produce(&east, topic, n, tag);
+    pair.link(link, &format!("{topic},load.east"), &[]);
+    (pair, east, west)
+}
+
 // ---------------------------------------------------------------------------------------
 // 1. Topic deleted and created again on the source
 
 #[test]
 fn recreated_source_topic_is_detected_survives_restarts_and_reseeds() {
     const TOPIC: &str = "div.recreated";
-    let mut pair = start_pair("div-recreated");
-    let (east, west) = (
-        pair.east.bootstrap().to_string(),
-        pair.west.bootstrap().to_string(),
-    );
-    create_topic(&east, TOPIC, 1, &[]);
-    create_topic(&east, "load.east", 1, &[]);
-    create_topic(&west, "load.west", 1, &[]);
-    produce(&east, TOPIC, 300, "old");
-    pair.link("recreate", &format!("{TOPIC},load.east"), &[]);
+    let (mut pair, east, west) = linked_history("div-recreated", TOPIC, "recreate", 300, "old");
     let _east_load = Load::start(&east, "load.east");
     let _west_load = Load::start(&west, "load.west");
     assert_eq!(
@@ -565,16 +579,7 @@ fn policy_reseed_resolves_a_recreated_topic_by_itself() {
 #[test]
 fn rewritten_source_history_is_detected_and_truncated_to_the_common_offset() {
     const TOPIC: &str = "div.rewritten";
-    let mut pair = start_pair("div-rewritten");
-    let (east, west) = (
-        pair.east.bootstrap().to_string(),
-        pair.west.bootstrap().to_string(),
-    );
-    create_topic(&east, TOPIC, 1, &[]);
-    create_topic(&east, "load.east", 1, &[]);
-    create_topic(&west, "load.west", 1, &[]);
-    produce(&east, TOPIC, 300, "common");
-    pair.link("rewrite", &format!("{TOPIC},load.east"), &[]);
+    let (mut pair, east, west) = linked_history("div-rewritten", TOPIC, "rewrite", 300, "common");
     let _west_load = Load::start(&west, "load.west");
     assert_mirror_equals_source(&pair, TOPIC, Duration::from_secs(60));
 

@@ -368,14 +368,7 @@ fn batch(records: &[Record]) -> BytesMut {
 }
 
 fn produce_request(topic: &str, records: Bytes) -> ProduceRequest {
-    ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(10_000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(records))])])
+    produce_partitions(topic, vec![(0, records)])
 }
 
 /// (error code, base offset) of the single partition of a Produce response.
